@@ -1,0 +1,77 @@
+"""python -m imcap_hub caption IMAGE... --model REPO_OR_DIR"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from . import DecodeOptions, ImageCaptioner, ImcapError, predict_many
+from .encoder import RUNTIMES
+from .predict import DECODINGS
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m imcap_hub", description="Caption images.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    cap = commands.add_parser("caption", help="caption one or more images")
+    cap.add_argument("images", nargs="+", help="image files")
+    cap.add_argument("--model", required=True, help="Hub repo id or local model folder")
+    cap.add_argument("--revision", help="branch, tag or commit hash on the Hub")
+    cap.add_argument("--token", help="Hub token (default: the cached login)")
+    cap.add_argument("--offline", action="store_true", help="use only the local Hub cache")
+    cap.add_argument("--decoding", choices=DECODINGS, default="beam")
+    cap.add_argument("--beam-size", type=int, default=3)
+    cap.add_argument("--num-captions", type=int, default=1)
+    cap.add_argument("--max-length", type=int)
+    cap.add_argument("--temperature", type=float, default=1.0)
+    cap.add_argument("--top-p", type=float, default=1.0)
+    cap.add_argument("--seed", type=int, default=0)
+    cap.add_argument("--runtime", choices=RUNTIMES, default="auto", help="encoder runtime")
+    cap.add_argument("--json", action="store_true", help="print one JSON object per image")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
+    options = DecodeOptions(
+        decoding=args.decoding,
+        beam_size=args.beam_size,
+        num_captions=args.num_captions,
+        max_length=args.max_length,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+    )
+    try:
+        model = ImageCaptioner.from_pretrained(
+            args.model,
+            revision=args.revision,
+            token=args.token,
+            local_files_only=args.offline,
+            runtime=args.runtime,
+        )
+        results = predict_many(model, args.images, options)
+    except ImcapError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    failed = 0
+    for path, result in zip(args.images, results):
+        if result.error:
+            failed += 1
+            print(f"error: {result.error}", file=sys.stderr)
+            continue
+        if args.json:
+            print(json.dumps({"image": path, **result.to_dict()}))
+        elif len(result.captions) == 1:
+            print(f"{path}\t{result.text}")
+        else:
+            for rank, cap in enumerate(result.captions, 1):
+                print(f"{path}\t{rank}\t{cap.score:.3f}\t{cap.text}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

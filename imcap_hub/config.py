@@ -1,0 +1,185 @@
+"""Model configuration: dataclasses that round-trip to ``config.json``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import ImcapError
+
+FORMAT_VERSION = 1
+ARCHITECTURES = ("resnet50", "tiny_resnet")
+WEIGHT_SOURCES = ("imagenet", "repo", "random")
+PREPROCESSING = ("caffe", "unit")
+FEATURE_KINDS = ("pooled", "spatial")
+DECODER_KINDS = ("init_state_lstm",)
+
+
+class ConfigError(ImcapError, ValueError):
+    """A config.json that this version of imcap cannot use."""
+
+
+def _from_dict(cls, data: dict[str, Any], where: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected an object, got {type(data).__name__}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}")
+    return cls(**data)
+
+
+def _choice(value: str, allowed: tuple[str, ...], what: str) -> None:
+    if value not in allowed:
+        raise ConfigError(f"unknown {what} {value!r}; expected one of {', '.join(allowed)}")
+
+
+def _positive(value: int, what: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"{what} must be a positive integer, got {value!r}")
+
+
+@dataclass
+class EncoderConfig:
+    """The image encoder.
+
+    ``weights``: ``imagenet`` (Keras' own ImageNet download), ``repo`` (``encoder.safetensors``
+    in the model repo, for encoders that are not stock), or ``random`` (tests, benchmarks).
+    ``features``: ``pooled`` (global average, ``feature_dim``) or ``spatial`` (7x7 grid).
+    ``widths`` and ``blocks`` only shape the ``tiny_resnet`` architecture.
+    """
+
+    architecture: str = "resnet50"
+    weights: str = "imagenet"
+    image_size: int = 224
+    preprocessing: str = "caffe"
+    features: str = "pooled"
+    widths: list[int] = field(default_factory=lambda: [16, 32, 64])
+    blocks: int = 1
+
+    def validate(self) -> None:
+        _choice(self.architecture, ARCHITECTURES, "encoder architecture")
+        _choice(self.weights, WEIGHT_SOURCES, "encoder weights source")
+        _choice(self.preprocessing, PREPROCESSING, "preprocessing")
+        _choice(self.features, FEATURE_KINDS, "feature kind")
+        _positive(self.image_size, "encoder.image_size")
+        if self.architecture == "resnet50":
+            if self.image_size < 32:
+                raise ConfigError("resnet50 needs image_size >= 32")
+            if self.weights == "imagenet" and self.preprocessing != "caffe":
+                raise ConfigError("ImageNet ResNet50 weights expect 'caffe' preprocessing")
+        else:
+            if self.weights == "imagenet":
+                raise ConfigError("tiny_resnet has no ImageNet weights; use 'repo' or 'random'")
+            if not self.widths:
+                raise ConfigError("tiny_resnet needs at least one width")
+            for w in self.widths:
+                _positive(w, "encoder.widths[]")
+            _positive(self.blocks, "encoder.blocks")
+
+    @property
+    def feature_dim(self) -> int:
+        """Channels of one feature vector (2048 for ResNet50)."""
+        return 2048 if self.architecture == "resnet50" else self.widths[-1]
+
+    @property
+    def feature_shape(self) -> tuple[int, ...]:
+        if self.features == "pooled":
+            return (self.feature_dim,)
+        grid = self.image_size // 32 if self.architecture == "resnet50" else self._tiny_grid()
+        return (grid, grid, self.feature_dim)
+
+    def _tiny_grid(self) -> int:
+        size = self.image_size // 2  # stem stride
+        for _ in self.widths[1:]:
+            size = (size + 1) // 2
+        return size
+
+    def cache_key(self) -> dict[str, Any]:
+        """What determines the encoder's outputs (for feature and runtime caches)."""
+        return asdict(self)
+
+
+@dataclass
+class DecoderConfig:
+    """The LSTM decoder. ``max_length`` counts words, not the start/end tokens."""
+
+    kind: str = "init_state_lstm"
+    embedding_dim: int = 256
+    units: int = 512
+    max_length: int = 30
+    dropout: float = 0.3
+
+    def validate(self) -> None:
+        _choice(self.kind, DECODER_KINDS, "decoder kind")
+        _positive(self.embedding_dim, "decoder.embedding_dim")
+        _positive(self.units, "decoder.units")
+        _positive(self.max_length, "decoder.max_length")
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise ConfigError(f"decoder.dropout must be in [0, 1), got {self.dropout!r}")
+
+
+@dataclass
+class CaptionerConfig:
+    """Everything needed to rebuild a captioner, written as ``config.json``."""
+
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    vocab_size: int = 0
+    format_version: int = FORMAT_VERSION
+    library: str = "imcap"
+
+    def validate(self) -> None:
+        if self.format_version != FORMAT_VERSION:
+            raise ConfigError(
+                f"config.json has format_version {self.format_version!r}; "
+                f"this imcap reads version {FORMAT_VERSION}. Upgrade imcap or re-export the model."
+            )
+        self.encoder.validate()
+        self.decoder.validate()
+        _positive(self.vocab_size, "vocab_size")
+        if self.encoder.features == "spatial":
+            raise ConfigError(
+                "decoder 'init_state_lstm' conditions on pooled features; "
+                "encoder.features='spatial' needs an attention decoder, which imcap does not have yet"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CaptionerConfig:
+        if not isinstance(data, dict):
+            raise ConfigError("config.json must hold a JSON object")
+        data = dict(data)
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ConfigError(
+                f"config.json has format_version {version!r}; this imcap reads version "
+                f"{FORMAT_VERSION}. Upgrade imcap or re-export the model."
+            )
+        encoder = _from_dict(EncoderConfig, data.pop("encoder", {}), "config.encoder")
+        decoder = _from_dict(DecoderConfig, data.pop("decoder", {}), "config.decoder")
+        config = _from_dict(cls, {**data, "encoder": encoder, "decoder": decoder}, "config")
+        config.validate()
+        return config
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> CaptionerConfig:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"config.json is not valid JSON: {e}") from None
+        return cls.from_dict(data)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json(), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> CaptionerConfig:
+        return cls.from_json(Path(path).read_text(encoding="utf-8"))

@@ -1,0 +1,291 @@
+"""ImageCaptioner: a ResNet50 encoder and an LSTM decoder, saved to and loaded from the Hub."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from huggingface_hub import ModelHubMixin, hf_hub_download
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    GatedRepoError,
+    HfHubHTTPError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+
+from .config import CaptionerConfig
+from .decoder import StepDecoder, load_weights, random_weights, save_weights
+from .encoder import Encoder, build_keras_encoder, keras_weights
+from .errors import ImcapError
+from .images import ImageInput
+from .vocab import Vocabulary
+
+CONFIG_FILE = "config.json"
+VOCAB_FILE = "vocab.json"
+DECODER_FILE = "model.safetensors"
+ENCODER_FILE = "encoder.safetensors"
+CARD_FILE = "README.md"
+METRICS_FILE = "metrics.json"
+
+DEFAULT_CARD = """---
+{{ card_data }}
+---
+
+# Image captioner ({{ architecture }} + LSTM)
+
+An image-captioning model made with [imcap]({{ repo_url }}): a {{ architecture }} encoder and an
+LSTM decoder. It has not been evaluated; see `metrics.json` if present.
+
+```python
+from imcap_hub import ImageCaptioner
+model = ImageCaptioner.from_pretrained("{{ repo_id | default('REPO_ID', true) }}")
+print(model.caption("image.jpg")[0].text)
+```
+"""
+
+
+class ModelLoadError(ImcapError, RuntimeError):
+    """A model could not be found, downloaded or read."""
+
+
+def _commit_from_path(path: str) -> str | None:
+    match = re.search(r"snapshots[\\/]([0-9a-f]{40})[\\/]", path)
+    return match.group(1) if match else None
+
+
+class ImageCaptioner(
+    ModelHubMixin,
+    library_name="imcap",
+    pipeline_tag="image-to-text",
+    tags=["image-captioning", "keras", "lstm", "resnet50"],
+    repo_url="https://github.com/imcap/imcap",
+    model_card_template=DEFAULT_CARD,
+):
+    """An image captioner. Build one with ``from_pretrained`` (Hub or folder) or ``from_config``."""
+
+    def __init__(
+        self,
+        model_config: CaptionerConfig,
+        vocab: Vocabulary,
+        decoder_weights: Mapping[str, np.ndarray],
+        image_encoder: Encoder,
+        *,
+        card: str | None = None,
+        metrics: dict | None = None,
+        source: dict | None = None,
+    ) -> None:
+        model_config.validate()
+        if len(vocab) != model_config.vocab_size:
+            raise ModelLoadError(
+                f"vocab.json has {len(vocab)} tokens but config.json says vocab_size={model_config.vocab_size}"
+            )
+        self.config = model_config
+        self.vocab = vocab
+        self.decoder_weights = dict(decoder_weights)
+        self.decoder = StepDecoder(self.decoder_weights, model_config)
+        self.encoder = image_encoder
+        self.card = card
+        self.metrics = metrics
+        self.source = source or {"kind": "memory", "model_id": None, "revision": None}
+
+    # --- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def from_config(
+        cls,
+        model_config: CaptionerConfig,
+        vocab: Vocabulary,
+        *,
+        seed: int = 0,
+        runtime: str = "auto",
+        encoder_weights: str | os.PathLike | None = None,
+        encoder_model=None,
+    ) -> ImageCaptioner:
+        """An untrained captioner: freshly initialised decoder, encoder per ``model_config.encoder``.
+
+        ``encoder_model``: an already built Keras encoder to use (training passes its own).
+        """
+        model_config.validate()
+        if (
+            encoder_model is None
+            and encoder_weights is None
+            and model_config.encoder.weights == "repo"
+        ):
+            # Untrained: random init now; training fills it and save_pretrained writes it.
+            encoder_model = build_keras_encoder(replace(model_config.encoder, weights="random"))
+        encoder = Encoder(
+            model_config.encoder,
+            weights_file=encoder_weights,
+            keras_model=encoder_model,
+            runtime=runtime,
+        )
+        return cls(model_config, vocab, random_weights(model_config, seed=seed), encoder)
+
+    # --- inference ----------------------------------------------------------------------------
+
+    def caption(self, image: ImageInput, **options: Any) -> list:
+        """Caption one image; options as ``DecodeOptions`` (beam_size=3, num_captions=1, ...)."""
+        from .predict import DecodeOptions, predict
+
+        return predict(self, image, DecodeOptions(**options)).captions
+
+    def info(self) -> dict[str, Any]:
+        """What this model is and where it came from (for the app, the API and the CLI)."""
+        runtime = self.encoder.runtime.to_dict() if self.encoder.runtime else None
+        return {
+            **self.source,
+            "runtime": runtime,
+            "config": self.config.to_dict(),
+            "metrics": self.metrics,
+        }
+
+    # --- saving -------------------------------------------------------------------------------
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        save_directory = Path(save_directory)
+        self.config.save(save_directory / CONFIG_FILE)
+        self.vocab.save(save_directory / VOCAB_FILE)
+        save_weights(self.decoder_weights, save_directory / DECODER_FILE)
+        if self.config.encoder.weights == "repo":
+            from safetensors.numpy import save_file
+
+            save_file(
+                {
+                    k: np.ascontiguousarray(v)
+                    for k, v in keras_weights(self.encoder.keras_model).items()
+                },
+                os.fspath(save_directory / ENCODER_FILE),
+                metadata={"format": "imcap-encoder", "version": "1"},
+            )
+        if self.metrics is not None:
+            (save_directory / METRICS_FILE).write_text(json.dumps(self.metrics, indent=2) + "\n")
+        if self.card is not None:
+            (save_directory / CARD_FILE).write_text(self.card, encoding="utf-8")
+
+    def generate_model_card(self, *args, **kwargs):
+        kwargs.setdefault("architecture", self.config.encoder.architecture)
+        return super().generate_model_card(*args, **kwargs)
+
+    # --- loading ------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | Path, **kwargs: Any
+    ) -> ImageCaptioner:
+        """Load from a Hub repo id or a local folder.
+
+        Keyword arguments: ``revision``, ``cache_dir``, ``token``, ``local_files_only``,
+        ``force_download``; ``runtime`` (auto, keras, openvino, onnxruntime, openvino-bf16);
+        ``encoder_weights`` (a local ResNet50 ``.h5`` instead of Keras' ImageNet download).
+        """
+        name = str(pretrained_model_name_or_path)
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        except HFValidationError:
+            raise ModelLoadError(
+                f"{name!r} is neither a model folder nor a valid Hub repo id"
+            ) from None
+
+    @classmethod
+    def _from_pretrained(
+        cls,
+        *,
+        model_id: str,
+        revision: str | None,
+        cache_dir: str | Path | None,
+        force_download: bool,
+        local_files_only: bool,
+        token: str | bool | None,
+        runtime: str = "auto",
+        encoder_weights: str | os.PathLike | None = None,
+        **unused: Any,
+    ) -> ImageCaptioner:
+        is_dir = os.path.isdir(model_id)
+
+        def fetch(filename: str, required: bool = True) -> str | None:
+            if is_dir:
+                path = os.path.join(model_id, filename)
+                if os.path.exists(path):
+                    return path
+                if required:
+                    raise ModelLoadError(
+                        f"{model_id} has no {filename}; is it an imcap model folder?"
+                    )
+                return None
+            try:
+                return hf_hub_download(
+                    repo_id=model_id,
+                    filename=filename,
+                    revision=revision,
+                    cache_dir=cache_dir,
+                    force_download=force_download,
+                    local_files_only=local_files_only,
+                    token=token,
+                )
+            except EntryNotFoundError:
+                if required:
+                    raise ModelLoadError(
+                        f"{model_id} has no {filename}; is it an imcap model?"
+                    ) from None
+                return None
+            except (LocalEntryNotFoundError, OfflineModeIsEnabled):
+                if required:
+                    raise ModelLoadError(
+                        f"{model_id}: {filename} is not in the local cache and the Hub cannot be "
+                        "reached (offline, or local_files_only=True)"
+                    ) from None
+                return None
+            except RevisionNotFoundError:
+                raise ModelLoadError(f"{model_id} has no revision {revision!r}") from None
+            except GatedRepoError:
+                raise ModelLoadError(
+                    f"{model_id} is gated: accept its terms on the Hub and pass a token"
+                ) from None
+            except RepositoryNotFoundError:
+                raise ModelLoadError(
+                    f"model {model_id!r} not found on the Hub (or it is private and no valid token was given)"
+                ) from None
+            except HfHubHTTPError as e:
+                status = e.response.status_code if e.response is not None else None
+                if status == 401:
+                    raise ModelLoadError(
+                        f"the Hub refused the token for {model_id} (401 Unauthorized)"
+                    ) from None
+                raise ModelLoadError(
+                    f"could not download {filename} from {model_id}: {e}"
+                ) from None
+
+        config_path = fetch(CONFIG_FILE)
+        model_config = CaptionerConfig.load(config_path)
+        vocab = Vocabulary.load(fetch(VOCAB_FILE))
+        weights = load_weights(fetch(DECODER_FILE), model_config)
+        if model_config.encoder.weights == "repo":
+            encoder_weights = fetch(ENCODER_FILE)
+        encoder = Encoder(model_config.encoder, weights_file=encoder_weights, runtime=runtime)
+        card_path = fetch(CARD_FILE, required=False)
+        metrics_path = fetch(METRICS_FILE, required=False)
+        source = {
+            "kind": "local" if is_dir else "hub",
+            "model_id": os.path.abspath(model_id) if is_dir else model_id,
+            "revision": None if is_dir else _commit_from_path(config_path),
+            "requested_revision": revision,
+        }
+        return cls(
+            model_config,
+            vocab,
+            weights,
+            encoder,
+            card=Path(card_path).read_text(encoding="utf-8") if card_path else None,
+            metrics=json.loads(Path(metrics_path).read_text()) if metrics_path else None,
+            source=source,
+        )

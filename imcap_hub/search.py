@@ -1,0 +1,206 @@
+"""Caption search over a step function: greedy, beam (length-normalised, n-best) and sampling.
+
+A step function maps (tokens (N,), state) to (log-probabilities (N, V), new state), where the
+state is a tuple of arrays whose first axis is N. Every search here scores a finished caption
+of n words plus ``<end>`` as ``logprob / (n + 1) ** length_penalty``; at ``max_length`` words
+only ``<end>`` may follow. Tokens in ``banned`` (pad, start, unknown) are never produced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+StepFn = Callable[[np.ndarray, tuple], tuple[np.ndarray, tuple]]
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """A finished token sequence (words only, without start/end) and its scores."""
+
+    token_ids: tuple[int, ...]
+    logprob: float
+    score: float
+
+
+def normalised(logprob: float, n_words: int, length_penalty: float) -> float:
+    return logprob / float(n_words + 1) ** length_penalty
+
+
+def _take(state: tuple, idx: np.ndarray) -> tuple:
+    return tuple(s[idx] for s in state)
+
+
+def _allowed(
+    logprobs: np.ndarray, banned: Sequence[int], n_words: int, max_length: int, end_id: int
+):
+    logprobs = logprobs.copy()
+    if banned:
+        logprobs[:, list(banned)] = -np.inf
+    if n_words >= max_length:  # only <end> may follow
+        end = logprobs[:, end_id].copy()
+        logprobs[:] = -np.inf
+        logprobs[:, end_id] = end
+    return logprobs
+
+
+def greedy(
+    step: StepFn,
+    state: tuple,
+    *,
+    start_id: int,
+    end_id: int,
+    max_length: int,
+    banned: Sequence[int] = (),
+    length_penalty: float = 1.0,
+) -> list[Hypothesis]:
+    """Best next token each step, for a batch of N independent states at once."""
+    n = state[0].shape[0]
+    tokens = np.full(n, start_id, dtype=np.int64)
+    seqs: list[list[int]] = [[] for _ in range(n)]
+    logprob = np.zeros(n, dtype=np.float64)
+    alive = np.arange(n)
+    for n_words in range(max_length + 1):
+        lp, state = step(tokens, state)
+        lp = _allowed(lp, banned, n_words, max_length, end_id)
+        best = lp.argmax(axis=1)
+        logprob[alive] += lp[np.arange(len(alive)), best]
+        keep = best != end_id
+        for row, tok in zip(alive[keep], best[keep]):
+            seqs[row].append(int(tok))
+        alive, tokens, state = alive[keep], best[keep], _take(state, np.flatnonzero(keep))
+        if len(alive) == 0:
+            break
+    return [
+        Hypothesis(tuple(s), float(lp_), normalised(float(lp_), len(s), length_penalty))
+        for s, lp_ in zip(seqs, logprob)
+    ]
+
+
+def beam_search(
+    step: StepFn,
+    state: tuple,
+    *,
+    start_id: int,
+    end_id: int,
+    max_length: int,
+    beam_size: int = 3,
+    num_results: int = 1,
+    banned: Sequence[int] = (),
+    length_penalty: float = 1.0,
+) -> list[Hypothesis]:
+    """Beam search for one image (``state`` has one row); returns the n best, best first.
+
+    Alive beams are ranked by total log-probability (all have the same length at a step);
+    finished captions by the length-normalised score. The search stops when ``beam_size``
+    captions have finished or nothing is left alive.
+    """
+    if beam_size < 1:
+        raise ValueError("beam_size must be >= 1")
+    num_results = min(num_results, beam_size)
+    tokens = np.array([start_id], dtype=np.int64)
+    beams: list[tuple[int, ...]] = [()]
+    beam_lp = np.zeros(1, dtype=np.float64)
+    finished: list[Hypothesis] = []
+    for n_words in range(max_length + 1):
+        lp, state = step(tokens, state)
+        lp = _allowed(lp, banned, n_words, max_length, end_id)
+        total = beam_lp[:, None] + lp.astype(np.float64)
+        flat = total.ravel()
+        k = min(beam_size, int(np.isfinite(flat).sum()))
+        if k == 0:
+            break
+        # Stable ordering so ties break the same way as greedy's argmax (lowest index first).
+        top = np.argsort(-flat, kind="stable")[:k]
+        rows, toks = np.divmod(top, total.shape[1])
+        keep_rows, keep_toks, keep_lp = [], [], []
+        for row, tok, score in zip(rows, toks, flat[top]):
+            if tok == end_id:
+                seq = beams[row]
+                finished.append(
+                    Hypothesis(
+                        seq, float(score), normalised(float(score), len(seq), length_penalty)
+                    )
+                )
+            else:
+                keep_rows.append(row)
+                keep_toks.append(tok)
+                keep_lp.append(score)
+        if len(finished) >= beam_size or not keep_rows:
+            break
+        idx = np.array(keep_rows)
+        beams = [beams[r] + (int(t),) for r, t in zip(keep_rows, keep_toks)]
+        beam_lp = np.array(keep_lp, dtype=np.float64)
+        tokens = np.array(keep_toks, dtype=np.int64)
+        state = _take(state, idx)
+    finished.sort(key=lambda h: -h.score)
+    return finished[:num_results]
+
+
+def _top_p_filter(probs: np.ndarray, top_p: float) -> np.ndarray:
+    if top_p >= 1.0:
+        return probs
+    order = np.argsort(-probs, axis=1, kind="stable")
+    sorted_p = np.take_along_axis(probs, order, axis=1)
+    cumulative = np.cumsum(sorted_p, axis=1)
+    # Keep the smallest prefix whose mass reaches top_p (always at least one token).
+    drop_sorted = cumulative - sorted_p >= top_p
+    drop = np.zeros_like(drop_sorted)
+    np.put_along_axis(drop, order, drop_sorted, axis=1)
+    probs = np.where(drop, 0.0, probs)
+    return probs / probs.sum(axis=1, keepdims=True)
+
+
+def sample(
+    step: StepFn,
+    state: tuple,
+    *,
+    start_id: int,
+    end_id: int,
+    max_length: int,
+    num_samples: int = 1,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    banned: Sequence[int] = (),
+    length_penalty: float = 1.0,
+) -> list[Hypothesis]:
+    """Draw ``num_samples`` captions for one image; same seed, same captions.
+
+    Scores are the model's own log-probabilities (before temperature and top-p), so samples
+    can be ranked against beam results.
+    """
+    if temperature <= 0:
+        raise ValueError("temperature must be > 0")
+    if not 0 < top_p <= 1:
+        raise ValueError("top_p must be in (0, 1]")
+    rng = np.random.default_rng(seed)
+    state = _take(state, np.zeros(num_samples, dtype=np.int64))
+    tokens = np.full(num_samples, start_id, dtype=np.int64)
+    seqs: list[list[int]] = [[] for _ in range(num_samples)]
+    logprob = np.zeros(num_samples, dtype=np.float64)
+    alive = np.arange(num_samples)
+    for n_words in range(max_length + 1):
+        lp, state = step(tokens, state)
+        lp = _allowed(lp, banned, n_words, max_length, end_id)
+        scaled = lp / temperature
+        probs = np.exp(scaled - scaled.max(axis=1, keepdims=True))
+        probs /= probs.sum(axis=1, keepdims=True)
+        probs = _top_p_filter(probs, top_p)
+        cumulative = probs.cumsum(axis=1)
+        u = rng.random((len(alive), 1)) * cumulative[:, -1:]
+        chosen = np.minimum((cumulative < u).sum(axis=1), probs.shape[1] - 1)
+        logprob[alive] += lp[np.arange(len(alive)), chosen]
+        keep = chosen != end_id
+        for row, tok in zip(alive[keep], chosen[keep]):
+            seqs[row].append(int(tok))
+        alive, tokens, state = alive[keep], chosen[keep], _take(state, np.flatnonzero(keep))
+        if len(alive) == 0:
+            break
+    hyps = [
+        Hypothesis(tuple(s), float(lp_), normalised(float(lp_), len(s), length_penalty))
+        for s, lp_ in zip(seqs, logprob)
+    ]
+    return sorted(hyps, key=lambda h: -h.score)
