@@ -63,6 +63,27 @@ def _commit_from_path(path: str) -> str | None:
     return match.group(1) if match else None
 
 
+def _load_error(error: Exception, model_id: str, revision: str | None) -> ModelLoadError:
+    """A one-line message for a Hub download failure."""
+    if isinstance(error, (LocalEntryNotFoundError, OfflineModeIsEnabled)):
+        return ModelLoadError(
+            f"{model_id} is not in the local cache and the Hub cannot be reached "
+            "(offline, or local_files_only=True)"
+        )
+    if isinstance(error, RevisionNotFoundError):
+        return ModelLoadError(f"{model_id} has no revision {revision!r}")
+    if isinstance(error, GatedRepoError):
+        return ModelLoadError(f"{model_id} is gated: accept its terms on the Hub and pass a token")
+    if isinstance(error, RepositoryNotFoundError):
+        return ModelLoadError(
+            f"model {model_id!r} not found on the Hub (or it is private and no valid token was given)"
+        )
+    response = getattr(error, "response", None)
+    if response is not None and response.status_code == 401:
+        return ModelLoadError(f"the Hub refused the token for {model_id} (401 Unauthorized)")
+    return ModelLoadError(f"could not download {model_id}: {error}")
+
+
 class ImageCaptioner(
     ModelHubMixin,
     library_name="imcap",
@@ -195,6 +216,9 @@ class ImageCaptioner(
             raise ModelLoadError(
                 f"{name!r} is neither a model folder nor a valid Hub repo id"
             ) from None
+        except (LocalEntryNotFoundError, OfflineModeIsEnabled, HfHubHTTPError) as e:
+            # Raised by the mixin's own config.json download, before _from_pretrained runs.
+            raise _load_error(e, name, kwargs.get("revision")) from None
 
     @classmethod
     def _from_pretrained(
@@ -238,32 +262,12 @@ class ImageCaptioner(
                         f"{model_id} has no {filename}; is it an imcap model?"
                     ) from None
                 return None
-            except (LocalEntryNotFoundError, OfflineModeIsEnabled):
+            except (LocalEntryNotFoundError, OfflineModeIsEnabled) as e:
                 if required:
-                    raise ModelLoadError(
-                        f"{model_id}: {filename} is not in the local cache and the Hub cannot be "
-                        "reached (offline, or local_files_only=True)"
-                    ) from None
+                    raise _load_error(e, model_id, revision) from None
                 return None
-            except RevisionNotFoundError:
-                raise ModelLoadError(f"{model_id} has no revision {revision!r}") from None
-            except GatedRepoError:
-                raise ModelLoadError(
-                    f"{model_id} is gated: accept its terms on the Hub and pass a token"
-                ) from None
-            except RepositoryNotFoundError:
-                raise ModelLoadError(
-                    f"model {model_id!r} not found on the Hub (or it is private and no valid token was given)"
-                ) from None
             except HfHubHTTPError as e:
-                status = e.response.status_code if e.response is not None else None
-                if status == 401:
-                    raise ModelLoadError(
-                        f"the Hub refused the token for {model_id} (401 Unauthorized)"
-                    ) from None
-                raise ModelLoadError(
-                    f"could not download {filename} from {model_id}: {e}"
-                ) from None
+                raise _load_error(e, model_id, revision) from None
 
         config_path = fetch(CONFIG_FILE)
         model_config = CaptionerConfig.load(config_path)

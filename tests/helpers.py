@@ -1,0 +1,24 @@
+"""Plain helpers the tests share (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from imcap_hub import CaptionerConfig, DecoderConfig, EncoderConfig
+
+TINY_WORDS = "a red blue green circle square triangle small large left right of the".split()
+
+
+def tiny_config(**decoder):
+    """A tiny_resnet + LSTM config small enough to build in well under a second."""
+    return CaptionerConfig(
+        encoder=EncoderConfig(
+            architecture="tiny_resnet", weights="repo", image_size=32, preprocessing="unit", widths=[8, 16]
+        ),
+        decoder=DecoderConfig(**{"embedding_dim": 8, "units": 16, "max_length": 8, "dropout": 0.0, **decoder}),
+        vocab_size=4 + len(TINY_WORDS),
+    )
+
+
+def random_image(seed: int = 0, size: tuple[int, int] = (48, 64)) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)

@@ -1,0 +1,142 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from helpers import random_image, tiny_config
+from imcap_hub import DecodeOptions, ImageCaptioner, ModelLoadError, predict, predict_many
+from imcap_hub.config import ConfigError
+from imcap_hub.encoder import Encoder, EncoderError, preprocess, runtime_available
+from imcap_hub.predict import OptionsError
+
+IMAGES = [random_image(seed, (40 + seed, 50)) for seed in range(4)]
+
+
+def _captions(model, **options):
+    return [[c.to_dict() for c in model.caption(img, **options)] for img in IMAGES]
+
+
+def test_save_pretrained_writes_the_hub_repo_files(tiny_model_dir):
+    names = sorted(p.name for p in tiny_model_dir.iterdir())
+    assert names == ["README.md", "config.json", "encoder.safetensors", "model.safetensors", "vocab.json"]
+    card = (tiny_model_dir / "README.md").read_text()
+    assert "pipeline_tag: image-to-text" in card and "library_name: imcap" in card
+    assert not any(p.suffix in (".pkl", ".pickle", ".bin", ".h5") for p in tiny_model_dir.iterdir())
+
+
+@pytest.mark.parametrize("options", [{"decoding": "greedy"}, {"beam_size": 4, "num_captions": 3}, {"decoding": "sample", "num_captions": 2, "seed": 3}])
+def test_saved_and_loaded_model_gives_bit_identical_captions(tiny_captioner, tiny_model_dir, options):
+    loaded = ImageCaptioner.from_pretrained(tiny_model_dir, runtime="keras")
+    assert _captions(loaded, **options) == _captions(tiny_captioner, **options)
+    assert loaded.source["kind"] == "local"
+
+
+@pytest.mark.parametrize("runtime", ["openvino", "onnxruntime"])
+def test_converted_runtimes_match_keras_and_are_cached(tiny_captioner, tiny_model_dir, runtime):
+    if not runtime_available(runtime):
+        pytest.skip(f"{runtime} not installed")
+    fresh = ImageCaptioner.from_pretrained(tiny_model_dir, runtime=runtime)
+    assert _captions(fresh, beam_size=3, num_captions=3) == _captions(tiny_captioner, beam_size=3, num_captions=3)
+    batch = preprocess(IMAGES, fresh.config.encoder)
+    np.testing.assert_allclose(fresh.encoder.run(batch), tiny_captioner.encoder.run(batch), atol=1e-5)
+    assert fresh.encoder.runtime.name == runtime and fresh.encoder.runtime.max_abs_diff < 1e-5
+
+    again = ImageCaptioner.from_pretrained(tiny_model_dir, runtime=runtime)
+    again.encoder.prepare()
+    assert again.encoder.runtime.cached
+    assert again.encoder._keras_model is None  # a cache hit never builds the Keras model
+
+
+def test_auto_runtime_picks_a_fast_exact_runtime(tiny_model_dir):
+    model = ImageCaptioner.from_pretrained(tiny_model_dir, runtime="auto")
+    info = model.encoder.prepare()
+    expected = next(r for r in ("openvino", "onnxruntime", "keras") if r == "keras" or runtime_available(r))
+    assert info.name == expected
+
+
+def test_unknown_runtime_is_refused():
+    with pytest.raises(EncoderError, match="unknown runtime 'tensorrt'"):
+        Encoder(tiny_config().encoder, runtime="tensorrt")
+
+
+def test_predict_many_keeps_good_images_when_one_is_bad(tiny_captioner, image_files):
+    paths = [image_files["good"][0], image_files["bad"]["text_named_jpg"], image_files["good"][1]]
+    results = predict_many(tiny_captioner, paths, DecodeOptions(decoding="greedy"))
+    assert results[1].error and "not an image" in results[1].error and not results[1].captions
+    for i in (0, 2):
+        assert results[i].error is None
+        assert results[i].text == predict(tiny_captioner, paths[i], DecodeOptions(decoding="greedy")).text
+        assert set(results[i].timings_ms) >= {"load", "encode", "decode", "total"}
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"decoding": "nucleus"}, "decoding must be one of"),
+        ({"beam_size": 0}, "beam_size must be between 1 and 20"),
+        ({"beam_size": 2, "num_captions": 3}, "num_captions must be between 1 and 2"),
+        ({"decoding": "greedy", "num_captions": 2}, "num_captions must be between 1 and 1"),
+        ({"max_length": 99}, "max_length must be between 1 and 8"),
+        ({"decoding": "sample", "temperature": 0}, "temperature must be > 0"),
+        ({"decoding": "sample", "top_p": 0}, "top_p must be in"),
+    ],
+)
+def test_bad_options_are_refused_clearly(tiny_captioner, options, message):
+    with pytest.raises(OptionsError, match=message):
+        tiny_captioner.caption(IMAGES[0], **options)
+
+
+def test_max_length_limits_caption_length(tiny_captioner):
+    for caption in tiny_captioner.caption(IMAGES[0], beam_size=3, num_captions=3, max_length=2):
+        assert len(caption.tokens) <= 2
+
+
+def _broken_copy(src, tmp_path, edit):
+    dst = tmp_path / "model"
+    shutil.copytree(src, dst)
+    edit(dst)
+    return dst
+
+
+def _edit_json(name, change):
+    def edit(folder):
+        data = json.loads((folder / name).read_text())
+        change(data)
+        (folder / name).write_text(json.dumps(data))
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("edit", "error", "message"),
+    [
+        (lambda d: (d / "config.json").unlink(), ModelLoadError, "has no config.json"),
+        (lambda d: (d / "model.safetensors").unlink(), ModelLoadError, "has no model.safetensors"),
+        (_edit_json("config.json", lambda c: c.update(format_version=2)), ConfigError, "format_version 2"),
+        (_edit_json("config.json", lambda c: c["encoder"].update(architecture="vit")), ConfigError, "architecture 'vit'"),
+        (_edit_json("config.json", lambda c: c["decoder"].update(units=64)), Exception, "init_h/kernel has shape"),
+        (_edit_json("vocab.json", lambda v: v["tokens"].append("zebra")), ModelLoadError, "vocab.json has 18 tokens"),
+        (_edit_json("config.json", lambda c: c["encoder"].update(widths=[8, 32])), Exception, "has shape"),
+    ],
+    ids=["no-config", "no-weights", "version", "architecture", "units", "vocab-size", "encoder-widths"],
+)
+def test_broken_model_folders_fail_with_clear_errors(tiny_model_dir, tmp_path, edit, error, message):
+    folder = _broken_copy(tiny_model_dir, tmp_path, edit)
+    with pytest.raises(error, match=message):
+        ImageCaptioner.from_pretrained(folder, runtime="keras").caption(IMAGES[0])
+
+
+def test_not_a_folder_nor_a_repo_id():
+    with pytest.raises(ModelLoadError, match="neither a model folder nor a valid Hub repo id"):
+        ImageCaptioner.from_pretrained("./no/such/../folder")
+
+
+def test_resnet50_encoder_builds_from_config_with_random_weights():
+    from imcap_hub import EncoderConfig
+
+    config = EncoderConfig(weights="random", image_size=64)
+    encoder = Encoder(config, runtime="keras")
+    features = encoder.encode([random_image(0)])
+    assert features.shape == (1, 2048)
+    assert encoder.keras_model.name == "resnet50"
