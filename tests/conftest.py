@@ -72,3 +72,73 @@ def hub_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalHub]:
 
 
 # --- end local Hub server ---
+
+
+# --- models and images ---
+# Tiny models and synthetic images, made fresh by the tests (no downloads, no shared data).
+os.environ["IMCAP_CACHE"] = tempfile.mkdtemp(prefix="imcap-cache-")  # converted encoders
+atexit.register(shutil.rmtree, os.environ["IMCAP_CACHE"], ignore_errors=True)
+
+from helpers import TINY_WORDS, random_image, tiny_config  # noqa: E402
+from PIL import Image  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_vocab():
+    from imcap_hub import Vocabulary
+
+    return Vocabulary.build([" ".join(TINY_WORDS)])
+
+
+@pytest.fixture(scope="session")
+def tiny_captioner(tiny_vocab):
+    """An untrained tiny captioner (random weights, Keras runtime)."""
+    from imcap_hub import ImageCaptioner
+
+    return ImageCaptioner.from_config(tiny_config(), tiny_vocab, seed=0, runtime="keras")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_captioner, tmp_path_factory):
+    """``tiny_captioner`` saved with save_pretrained (read-only for tests: copy before changing)."""
+    path = tmp_path_factory.mktemp("tiny-model")
+    tiny_captioner.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def image_files(tmp_path_factory):
+    """A good JPEG and PNG, and the bad inputs every entry point must refuse with one line."""
+    import struct
+    import zlib
+
+    root = tmp_path_factory.mktemp("images")
+    Image.fromarray(random_image(1, (60, 80))).save(root / "good.jpg", quality=90)
+    Image.fromarray(random_image(2, (40, 40))).save(root / "good.png")
+    (root / "x.jpg").write_text("this is a text file, not a JPEG\n")
+    data = (root / "good.jpg").read_bytes()
+    (root / "truncated.jpg").write_bytes(data[: len(data) // 2])
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    header = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)  # claims 30000x30000 RGB
+    (root / "huge.png").write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 1024))
+        + chunk(b"IEND", b"")
+    )
+    return {
+        "good": [root / "good.jpg", root / "good.png"],
+        "bad": {
+            "text_named_jpg": root / "x.jpg",
+            "truncated_jpeg": root / "truncated.jpg",
+            "huge_png": root / "huge.png",
+        },
+    }
+
+
+# --- end models and images ---

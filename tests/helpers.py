@@ -6,16 +6,36 @@ import numpy as np
 
 from imcap_hub import CaptionerConfig, DecoderConfig, EncoderConfig
 
-TINY_WORDS = "a red blue green circle square triangle small large left right of the".split()
+TINY_WORDS = [
+    "a",
+    "red",
+    "blue",
+    "green",
+    "circle",
+    "square",
+    "triangle",
+    "small",
+    "large",
+    "left",
+    "right",
+    "of",
+    "the",
+]
 
 
 def tiny_config(**decoder):
     """A tiny_resnet + LSTM config small enough to build in well under a second."""
     return CaptionerConfig(
         encoder=EncoderConfig(
-            architecture="tiny_resnet", weights="repo", image_size=32, preprocessing="unit", widths=[8, 16]
+            architecture="tiny_resnet",
+            weights="repo",
+            image_size=32,
+            preprocessing="unit",
+            widths=[8, 16],
         ),
-        decoder=DecoderConfig(**{"embedding_dim": 8, "units": 16, "max_length": 8, "dropout": 0.0, **decoder}),
+        decoder=DecoderConfig(
+            **{"embedding_dim": 8, "units": 16, "max_length": 8, "dropout": 0.0, **decoder}
+        ),
         vocab_size=4 + len(TINY_WORDS),
     )
 

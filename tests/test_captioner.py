@@ -3,8 +3,8 @@ import shutil
 
 import numpy as np
 import pytest
-
 from helpers import random_image, tiny_config
+
 from imcap_hub import DecodeOptions, ImageCaptioner, ModelLoadError, predict, predict_many
 from imcap_hub.config import ConfigError
 from imcap_hub.encoder import Encoder, EncoderError, preprocess, runtime_available
@@ -19,14 +19,29 @@ def _captions(model, **options):
 
 def test_save_pretrained_writes_the_hub_repo_files(tiny_model_dir):
     names = sorted(p.name for p in tiny_model_dir.iterdir())
-    assert names == ["README.md", "config.json", "encoder.safetensors", "model.safetensors", "vocab.json"]
+    assert names == [
+        "README.md",
+        "config.json",
+        "encoder.safetensors",
+        "model.safetensors",
+        "vocab.json",
+    ]
     card = (tiny_model_dir / "README.md").read_text()
     assert "pipeline_tag: image-to-text" in card and "library_name: imcap" in card
     assert not any(p.suffix in (".pkl", ".pickle", ".bin", ".h5") for p in tiny_model_dir.iterdir())
 
 
-@pytest.mark.parametrize("options", [{"decoding": "greedy"}, {"beam_size": 4, "num_captions": 3}, {"decoding": "sample", "num_captions": 2, "seed": 3}])
-def test_saved_and_loaded_model_gives_bit_identical_captions(tiny_captioner, tiny_model_dir, options):
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"decoding": "greedy"},
+        {"beam_size": 4, "num_captions": 3},
+        {"decoding": "sample", "num_captions": 2, "seed": 3},
+    ],
+)
+def test_saved_and_loaded_model_gives_bit_identical_captions(
+    tiny_captioner, tiny_model_dir, options
+):
     loaded = ImageCaptioner.from_pretrained(tiny_model_dir, runtime="keras")
     assert _captions(loaded, **options) == _captions(tiny_captioner, **options)
     assert loaded.source["kind"] == "local"
@@ -37,9 +52,13 @@ def test_converted_runtimes_match_keras_and_are_cached(tiny_captioner, tiny_mode
     if not runtime_available(runtime):
         pytest.skip(f"{runtime} not installed")
     fresh = ImageCaptioner.from_pretrained(tiny_model_dir, runtime=runtime)
-    assert _captions(fresh, beam_size=3, num_captions=3) == _captions(tiny_captioner, beam_size=3, num_captions=3)
+    assert _captions(fresh, beam_size=3, num_captions=3) == _captions(
+        tiny_captioner, beam_size=3, num_captions=3
+    )
     batch = preprocess(IMAGES, fresh.config.encoder)
-    np.testing.assert_allclose(fresh.encoder.run(batch), tiny_captioner.encoder.run(batch), atol=1e-5)
+    np.testing.assert_allclose(
+        fresh.encoder.run(batch), tiny_captioner.encoder.run(batch), atol=1e-5
+    )
     assert fresh.encoder.runtime.name == runtime and fresh.encoder.runtime.max_abs_diff < 1e-5
 
     again = ImageCaptioner.from_pretrained(tiny_model_dir, runtime=runtime)
@@ -51,7 +70,9 @@ def test_converted_runtimes_match_keras_and_are_cached(tiny_captioner, tiny_mode
 def test_auto_runtime_picks_a_fast_exact_runtime(tiny_model_dir):
     model = ImageCaptioner.from_pretrained(tiny_model_dir, runtime="auto")
     info = model.encoder.prepare()
-    expected = next(r for r in ("openvino", "onnxruntime", "keras") if r == "keras" or runtime_available(r))
+    expected = next(
+        r for r in ("openvino", "onnxruntime", "keras") if r == "keras" or runtime_available(r)
+    )
     assert info.name == expected
 
 
@@ -66,7 +87,10 @@ def test_predict_many_keeps_good_images_when_one_is_bad(tiny_captioner, image_fi
     assert results[1].error and "not an image" in results[1].error and not results[1].captions
     for i in (0, 2):
         assert results[i].error is None
-        assert results[i].text == predict(tiny_captioner, paths[i], DecodeOptions(decoding="greedy")).text
+        assert (
+            results[i].text
+            == predict(tiny_captioner, paths[i], DecodeOptions(decoding="greedy")).text
+        )
         assert set(results[i].timings_ms) >= {"load", "encode", "decode", "total"}
 
 
@@ -113,15 +137,45 @@ def _edit_json(name, change):
     [
         (lambda d: (d / "config.json").unlink(), ModelLoadError, "has no config.json"),
         (lambda d: (d / "model.safetensors").unlink(), ModelLoadError, "has no model.safetensors"),
-        (_edit_json("config.json", lambda c: c.update(format_version=2)), ConfigError, "format_version 2"),
-        (_edit_json("config.json", lambda c: c["encoder"].update(architecture="vit")), ConfigError, "architecture 'vit'"),
-        (_edit_json("config.json", lambda c: c["decoder"].update(units=64)), Exception, "init_h/kernel has shape"),
-        (_edit_json("vocab.json", lambda v: v["tokens"].append("zebra")), ModelLoadError, "vocab.json has 18 tokens"),
-        (_edit_json("config.json", lambda c: c["encoder"].update(widths=[8, 32])), Exception, "has shape"),
+        (
+            _edit_json("config.json", lambda c: c.update(format_version=2)),
+            ConfigError,
+            "format_version 2",
+        ),
+        (
+            _edit_json("config.json", lambda c: c["encoder"].update(architecture="vit")),
+            ConfigError,
+            "architecture 'vit'",
+        ),
+        (
+            _edit_json("config.json", lambda c: c["decoder"].update(units=64)),
+            Exception,
+            "init_h/kernel has shape",
+        ),
+        (
+            _edit_json("vocab.json", lambda v: v["tokens"].append("zebra")),
+            ModelLoadError,
+            "vocab.json has 18 tokens",
+        ),
+        (
+            _edit_json("config.json", lambda c: c["encoder"].update(widths=[8, 32])),
+            Exception,
+            "has shape",
+        ),
     ],
-    ids=["no-config", "no-weights", "version", "architecture", "units", "vocab-size", "encoder-widths"],
+    ids=[
+        "no-config",
+        "no-weights",
+        "version",
+        "architecture",
+        "units",
+        "vocab-size",
+        "encoder-widths",
+    ],
 )
-def test_broken_model_folders_fail_with_clear_errors(tiny_model_dir, tmp_path, edit, error, message):
+def test_broken_model_folders_fail_with_clear_errors(
+    tiny_model_dir, tmp_path, edit, error, message
+):
     folder = _broken_copy(tiny_model_dir, tmp_path, edit)
     with pytest.raises(error, match=message):
         ImageCaptioner.from_pretrained(folder, runtime="keras").caption(IMAGES[0])

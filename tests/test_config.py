@@ -8,7 +8,9 @@ from imcap_hub.config import FORMAT_VERSION
 
 def test_round_trip_through_json(tmp_path):
     config = CaptionerConfig(
-        encoder=EncoderConfig(architecture="tiny_resnet", weights="repo", image_size=64, widths=[8, 16]),
+        encoder=EncoderConfig(
+            architecture="tiny_resnet", weights="repo", image_size=64, widths=[8, 16]
+        ),
         decoder=DecoderConfig(embedding_dim=32, units=64, max_length=20, dropout=0.1),
         vocab_size=123,
     )
@@ -20,7 +22,12 @@ def test_round_trip_through_json(tmp_path):
 
 def test_default_encoder_is_imagenet_resnet50_pooled():
     enc = EncoderConfig()
-    assert (enc.architecture, enc.weights, enc.preprocessing, enc.features) == ("resnet50", "imagenet", "caffe", "pooled")
+    assert (enc.architecture, enc.weights, enc.preprocessing, enc.features) == (
+        "resnet50",
+        "imagenet",
+        "caffe",
+        "pooled",
+    )
     assert enc.feature_shape == (2048,)
     assert EncoderConfig(features="spatial").feature_shape == (7, 7, 2048)
 
@@ -34,7 +41,10 @@ def _valid() -> dict:
     [
         (lambda d: d.update(format_version=99), "format_version 99"),
         (lambda d: d.pop("format_version"), "format_version None"),
-        (lambda d: d["encoder"].update(architecture="vgg16"), "unknown encoder architecture 'vgg16'"),
+        (
+            lambda d: d["encoder"].update(architecture="vgg16"),
+            "unknown encoder architecture 'vgg16'",
+        ),
         (lambda d: d["encoder"].update(weights="somewhere"), "unknown encoder weights source"),
         (lambda d: d["encoder"].update(features="spatial"), "attention decoder"),
         (lambda d: d["decoder"].update(kind="transformer"), "unknown decoder kind"),

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
-
 from helpers import tiny_config
+
 from imcap_hub.decoder import (
     DecoderWeightsError,
     StepDecoder,
@@ -31,7 +31,9 @@ def test_training_graph_and_step_function_agree(units, embedding_dim, seed):
     for var in model.weights:
         var.assign(rng.normal(0, 0.5, var.shape).astype("float32"))
     features = rng.normal(size=(3, config.encoder.feature_dim)).astype("float32")
-    tokens = np.array([[1, 5, 6, 7, 2, 0, 0], [1, 4, 2, 0, 0, 0, 0], [1, 8, 9, 10, 11, 3, 2]], dtype="int32")
+    tokens = np.array(
+        [[1, 5, 6, 7, 2, 0, 0], [1, 4, 2, 0, 0, 0, 0], [1, 8, 9, 10, 11, 3, 2]], dtype="int32"
+    )
     graph = model([features, tokens], training=False).numpy()
     steps = _run_step_decoder(StepDecoder(weights_from_keras(model), config), features, tokens)
     real = tokens != 0
@@ -69,7 +71,10 @@ def test_weights_that_do_not_fit_the_config_are_refused(tmp_path):
     bigger_vocab.vocab_size += 5
     with pytest.raises(DecoderWeightsError, match="vocab_size=22, the weights have 17"):
         load_weights(tmp_path / "model.safetensors", bigger_vocab)
-    with pytest.raises(DecoderWeightsError, match="embedding/embeddings has shape \\(17, 8\\), config.json implies \\(17, 9\\)"):
+    with pytest.raises(
+        DecoderWeightsError,
+        match="embedding/embeddings has shape \\(17, 8\\), config.json implies \\(17, 9\\)",
+    ):
         load_weights(tmp_path / "model.safetensors", tiny_config(embedding_dim=9))
 
 

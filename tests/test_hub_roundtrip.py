@@ -1,15 +1,17 @@
 """push_to_hub and from_pretrained through the real huggingface_hub client and the local Hub."""
 
 import pytest
-
 from helpers import random_image
+
 from imcap_hub import ImageCaptioner, ModelLoadError
 
 IMAGES = [random_image(seed) for seed in range(3)]
 
 
 def _captions(model):
-    return [[c.to_dict() for c in model.caption(img, beam_size=3, num_captions=3)] for img in IMAGES]
+    return [
+        [c.to_dict() for c in model.caption(img, beam_size=3, num_captions=3)] for img in IMAGES
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +21,9 @@ def pushed(hub_server, tiny_captioner):
     return repo_id
 
 
-def test_push_then_from_pretrained_gives_identical_captions(hub_server, pushed, tiny_captioner, tmp_path):
+def test_push_then_from_pretrained_gives_identical_captions(
+    hub_server, pushed, tiny_captioner, tmp_path
+):
     model = ImageCaptioner.from_pretrained(pushed, cache_dir=tmp_path, runtime="keras")
     assert _captions(model) == _captions(tiny_captioner)
     assert model.source["kind"] == "hub" and model.source["model_id"] == pushed
@@ -37,7 +41,9 @@ def test_older_revision_loads_by_commit_hash(hub_server, tiny_vocab, tmp_path):
     old_hash = commit.oid
 
     latest = ImageCaptioner.from_pretrained(repo_id, cache_dir=tmp_path, runtime="keras")
-    old = ImageCaptioner.from_pretrained(repo_id, revision=old_hash, cache_dir=tmp_path, runtime="keras")
+    old = ImageCaptioner.from_pretrained(
+        repo_id, revision=old_hash, cache_dir=tmp_path, runtime="keras"
+    )
     assert old.source["revision"] == old_hash != latest.source["revision"]
     assert _captions(old) == _captions(first)
     assert _captions(latest) == _captions(second)
@@ -46,7 +52,9 @@ def test_older_revision_loads_by_commit_hash(hub_server, tiny_vocab, tmp_path):
 
 def test_local_files_only_uses_the_cache(pushed, tiny_captioner, tmp_path):
     ImageCaptioner.from_pretrained(pushed, cache_dir=tmp_path, runtime="keras")
-    offline = ImageCaptioner.from_pretrained(pushed, cache_dir=tmp_path, local_files_only=True, runtime="keras")
+    offline = ImageCaptioner.from_pretrained(
+        pushed, cache_dir=tmp_path, local_files_only=True, runtime="keras"
+    )
     assert _captions(offline) == _captions(tiny_captioner)
 
 

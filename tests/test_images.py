@@ -2,9 +2,9 @@ import io
 
 import numpy as np
 import pytest
+from helpers import random_image
 from PIL import Image
 
-from helpers import random_image
 from imcap_hub import ImageError, load_image
 from imcap_hub.images import ImageLimits
 
@@ -36,7 +36,17 @@ def _palette_with_transparency() -> Image.Image:
         (lambda: Image.new("P", (8, 6), 0), "GIF", (0, 0, 0)),
         (_palette_with_transparency, "PNG", (255, 0, 0)),
     ],
-    ids=["gray", "gray-alpha", "rgba-opaque", "rgba-clear", "1bit", "cmyk", "16bit", "palette", "palette-transparent"],
+    ids=[
+        "gray",
+        "gray-alpha",
+        "rgba-opaque",
+        "rgba-clear",
+        "1bit",
+        "cmyk",
+        "16bit",
+        "palette",
+        "palette-transparent",
+    ],
 )
 def test_every_mode_becomes_rgb_uint8(make, fmt, corner):
     arr = load_image(_encode(make(), fmt))
@@ -94,7 +104,11 @@ def test_bad_files_raise_image_error_naming_the_problem(image_files, kind):
         load_image(path)
     message = str(info.value)
     assert str(path) in message and "\n" not in message
-    assert {"text_named_jpg": "not an image", "truncated_jpeg": "truncated", "huge_png": "too large"}[kind] in message
+    assert {
+        "text_named_jpg": "not an image",
+        "truncated_jpeg": "truncated",
+        "huge_png": "too large",
+    }[kind] in message
 
 
 @pytest.mark.parametrize(

@@ -46,7 +46,13 @@ def _exhaustive(model: TableModel, max_length: int, length_penalty: float):
 
 
 def _kwargs(max_length, length_penalty=1.0):
-    return {"start_id": START, "end_id": END, "max_length": max_length, "banned": BANNED, "length_penalty": length_penalty}
+    return {
+        "start_id": START,
+        "end_id": END,
+        "max_length": max_length,
+        "banned": BANNED,
+        "length_penalty": length_penalty,
+    }
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -67,7 +73,13 @@ def test_wide_beam_equals_exhaustive_search(seed, length_penalty):
     max_length = 4  # 3 words: 121 possible captions
     model = TableModel(seed, max_length, sharpness=1.0)
     best = _exhaustive(model, max_length, length_penalty)[:5]
-    found = beam_search(model.step, model.initial_state(), beam_size=200, num_results=5, **_kwargs(max_length, length_penalty))
+    found = beam_search(
+        model.step,
+        model.initial_state(),
+        beam_size=200,
+        num_results=5,
+        **_kwargs(max_length, length_penalty),
+    )
     assert [h.token_ids for h in found] == [words for _, words in best]
     assert [h.score for h in found] == pytest.approx([score for score, _ in best])
 
@@ -92,7 +104,11 @@ def test_greedy_is_batched_over_independent_states():
 
 def test_sampling_is_reproducible_with_a_seed():
     model = TableModel(2, max_length=6, sharpness=0.5)
-    run = lambda seed: [h.token_ids for h in sample(model.step, model.initial_state(), num_samples=8, seed=seed, **_kwargs(6))]  # noqa: E731
+
+    def run(seed):
+        hyps = sample(model.step, model.initial_state(), num_samples=8, seed=seed, **_kwargs(6))
+        return [h.token_ids for h in hyps]
+
     assert run(7) == run(7)
     assert run(7) != run(8)
 
@@ -101,14 +117,24 @@ def test_sampling_is_reproducible_with_a_seed():
 def test_sampling_collapses_to_greedy(temperature, top_p):
     model = TableModel(3, max_length=6)
     g = greedy(model.step, model.initial_state(), **_kwargs(6))[0]
-    for h in sample(model.step, model.initial_state(), num_samples=5, temperature=temperature, top_p=top_p, seed=0, **_kwargs(6)):
+    for h in sample(
+        model.step,
+        model.initial_state(),
+        num_samples=5,
+        temperature=temperature,
+        top_p=top_p,
+        seed=0,
+        **_kwargs(6),
+    ):
         assert h.token_ids == g.token_ids
 
 
 @pytest.mark.parametrize("top_p", [1.0, 0.6])
 def test_sampling_follows_the_model_distribution(top_p):
     model = TableModel(4, max_length=1, sharpness=0.7)
-    hyps = sample(model.step, model.initial_state(), num_samples=4000, top_p=top_p, seed=0, **_kwargs(1))
+    hyps = sample(
+        model.step, model.initial_state(), num_samples=4000, top_p=top_p, seed=0, **_kwargs(1)
+    )
     first = np.array([h.token_ids[0] if h.token_ids else END for h in hyps])
     probs = np.exp(model.table[0, START])
     probs[list(BANNED)] = 0
