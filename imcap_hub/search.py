@@ -112,8 +112,9 @@ def beam_search(
         k = min(beam_size, int(np.isfinite(flat).sum()))
         if k == 0:
             break
-        # Stable ordering so ties break the same way as greedy's argmax (lowest index first).
-        top = np.argsort(-flat, kind="stable")[:k]
+        top = np.argpartition(-flat, k - 1)[:k] if k < flat.size else np.arange(flat.size)
+        # Best first; ties break towards the lowest index, as greedy's argmax does.
+        top = top[np.lexsort((top, -flat[top]))]
         rows, toks = np.divmod(top, total.shape[1])
         keep_rows, keep_toks, keep_lp = [], [], []
         for row, tok, score in zip(rows, toks, flat[top]):
