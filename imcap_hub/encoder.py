@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -231,9 +232,11 @@ def _openvino_callable(xml: Path, bf16: bool) -> Callable[[np.ndarray], np.ndarr
     )
     request = compiled.create_infer_request()
     output = compiled.output(0)
+    lock = threading.Lock()  # an InferRequest is not thread-safe; app handlers run in threads
 
     def run(batch: np.ndarray) -> np.ndarray:
-        return np.array(request.infer({0: np.ascontiguousarray(batch)})[output])
+        with lock:
+            return np.array(request.infer({0: np.ascontiguousarray(batch)})[output])
 
     return run
 

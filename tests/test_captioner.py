@@ -194,3 +194,37 @@ def test_resnet50_encoder_builds_from_config_with_random_weights():
     features = encoder.encode([random_image(0)])
     assert features.shape == (1, 2048)
     assert encoder.keras_model.name == "resnet50"
+
+
+def test_stock_resnet50_loads_weights_from_a_local_keras_file(tmp_path, tiny_vocab):
+    """The ImageNet path without network: a legacy Keras .h5 (the format Keras downloads)."""
+    import h5py
+    import keras
+    from keras.src.legacy.saving import legacy_h5_format
+
+    from imcap_hub import CaptionerConfig, EncoderConfig
+
+    source = keras.applications.ResNet50(
+        include_top=False, weights=None, pooling="avg", input_shape=(64, 64, 3)
+    )
+    weights_file = tmp_path / "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    with h5py.File(weights_file, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, source)
+    config = tiny_config()
+    config = CaptionerConfig(
+        encoder=EncoderConfig(image_size=64), decoder=config.decoder, vocab_size=config.vocab_size
+    )
+    model = ImageCaptioner.from_config(
+        config, tiny_vocab, encoder_weights=weights_file, runtime="keras"
+    )
+    batch = preprocess(IMAGES[:2], config.encoder)
+    np.testing.assert_allclose(
+        model.encoder.run(batch), source(batch, training=False).numpy(), atol=1e-5
+    )
+
+    model.save_pretrained(tmp_path / "saved")
+    assert not (tmp_path / "saved" / "encoder.safetensors").exists()  # stock encoder: not shipped
+    loaded = ImageCaptioner.from_pretrained(
+        tmp_path / "saved", encoder_weights=weights_file, runtime="keras"
+    )
+    assert _captions(loaded) == _captions(model)
