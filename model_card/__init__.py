@@ -1,0 +1,21 @@
+"""The imcap model card: a Jinja2 template (``template.md``) and what fills it (``render.py``)."""
+
+from .render import (
+    DEFAULT_LICENSE,
+    NOT_RECORDED,
+    TEMPLATE_PATH,
+    CardError,
+    card_data,
+    eval_results,
+    render_card,
+)
+
+__all__ = [
+    "DEFAULT_LICENSE",
+    "NOT_RECORDED",
+    "TEMPLATE_PATH",
+    "CardError",
+    "card_data",
+    "eval_results",
+    "render_card",
+]
