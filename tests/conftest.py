@@ -142,3 +142,34 @@ def image_files(tmp_path_factory):
 
 
 # --- end models and images ---
+
+
+# --- evaluation ---
+# A small synthetic captions table (training.synthetic, Flickr8k layout) and the untrained tiny
+# captioner's metrics on it (training.evaluate): shared by the evaluation, card and publish tests.
+EVAL_SYNTHETIC = {"n_images": 20, "image_size": 48, "split_fractions": (0.5, 0.1, 0.4)}
+
+
+@pytest.fixture(scope="session")
+def eval_table(tmp_path_factory):
+    """A captions table (image, caption, split) of 20 synthetic images, 8 of them in ``test``,
+    4 references each, written in the Flickr8k layout and read back."""
+    from training.datasets import read_dataset
+    from training.synthetic import SyntheticConfig, write_dataset
+
+    root = tmp_path_factory.mktemp("eval-synthetic")
+    write_dataset(root, SyntheticConfig(**EVAL_SYNTHETIC), "flickr8k")
+    table, _ = read_dataset("flickr8k", root)
+    return table
+
+
+@pytest.fixture(scope="session")
+def eval_metrics(tiny_captioner, eval_table):
+    """``training.evaluate.evaluate`` of ``tiny_captioner`` on ``eval_table``'s test split
+    (greedy and beam-3); read-only."""
+    from training.evaluate import evaluate
+
+    return evaluate(tiny_captioner, eval_table, split="test", progress=False)
+
+
+# --- end evaluation ---
