@@ -1,0 +1,471 @@
+"""The one JSON file that describes a training run: ``python -m training run CONFIG.json``.
+
+A :class:`RunConfig` has a section per stage (dataset, vocab, model, features, training,
+evaluation, publish) and round-trips to JSON (:meth:`RunConfig.to_dict`,
+:meth:`RunConfig.from_dict`). Unknown keys and wrong types are errors that name the key, so a
+typo never passes silently. Relative paths are taken relative to the current directory.
+
+Everything a run writes goes under ``<work_dir>/<name>/`` (see :class:`RunPaths`), so a run
+that breaks or is killed loses nothing: ``prepare`` and ``train`` resume where they stopped.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+import types
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from imcap_hub.config import CaptionerConfig, ConfigError, DecoderConfig, EncoderConfig
+
+LAYOUTS = ("auto", "flickr8k", "captions_txt", "coco", "imagefolder")
+SPLITS = ("train", "val", "test")
+STRATEGIES = ("auto", "default", "mirrored", "multiworker")
+RUNTIMES = ("auto", "keras", "openvino", "onnxruntime")
+_DECODING = re.compile(r"^(greedy|beam-([1-9][0-9]?))$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class RunConfigError(ConfigError):
+    """A run config that cannot be used; the message names the key."""
+
+
+@dataclass
+class DatasetSection:
+    """Where the captions come from.
+
+    ``path``: the dataset folder (or annotation file), read with ``layout`` (``auto`` detects
+    it). ``synthetic``: instead of ``path``, the fields of a
+    :class:`training.synthetic.SyntheticConfig`; the shapes dataset is then drawn into the run
+    folder in ``synthetic_layout`` and read back like any other dataset. ``reader_options``
+    go to the reader (e.g. ``images_dir``, ``split_fractions``, ``check_images``).
+    ``name``, ``url`` and ``license`` describe the dataset on the model card.
+    """
+
+    name: str = ""
+    url: str | None = None
+    license: str | None = None
+    path: str | None = None
+    layout: str = "auto"
+    synthetic: dict | None = None
+    synthetic_layout: str = "flickr8k"
+    reader_options: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        _choice(self.layout, LAYOUTS, "dataset.layout")
+        _choice(self.synthetic_layout, LAYOUTS[1:], "dataset.synthetic_layout")
+        if (self.path is None) == (self.synthetic is None):
+            raise RunConfigError("dataset: give exactly one of dataset.path or dataset.synthetic")
+        if self.synthetic is not None:
+            from training.synthetic import SyntheticConfig
+
+            try:
+                SyntheticConfig.from_dict(self.synthetic)
+            except (TypeError, ValueError) as e:
+                raise RunConfigError(f"dataset.synthetic: {e}") from None
+
+    @property
+    def display_name(self) -> str:
+        if self.name:
+            return self.name
+        if self.synthetic is not None:
+            return "synthetic-shapes"
+        return Path(self.path or "dataset").name
+
+
+@dataclass
+class VocabSection:
+    """The vocabulary: words seen at least ``min_count`` times in the training captions, at
+    most ``max_size`` tokens (specials included). Training captions longer than
+    ``max_length`` words are dropped; ``max_length`` becomes the decoder's ``max_length``."""
+
+    min_count: int = 5
+    max_size: int | None = None
+    max_length: int = 30
+
+    def validate(self) -> None:
+        _positive(self.min_count, "vocab.min_count")
+        _positive(self.max_length, "vocab.max_length")
+        if self.max_size is not None:
+            _positive(self.max_size, "vocab.max_size")
+            if self.max_size <= 4:
+                raise RunConfigError("vocab.max_size must leave room for words (> 4)")
+
+
+@dataclass
+class ModelSection:
+    """The captioner: ``encoder`` and ``decoder`` as in ``config.json`` (the decoder's
+    ``max_length`` comes from ``vocab.max_length``). ``encoder_weights``: a local ResNet50
+    ImageNet ``.h5`` file (machines without network access), or the ``encoder.safetensors``
+    to start from for ``weights: "repo"``."""
+
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    encoder_weights: str | None = None
+
+
+@dataclass
+class FeaturesSection:
+    """The encoder feature cache (frozen encoder only). ``cache_dir``: default
+    ``<run>/features``; ``flush_seconds``: how often progress is made durable."""
+
+    batch_size: int = 32
+    runtime: str = "auto"
+    cache_dir: str | None = None
+    flush_seconds: float = 5.0
+
+    def validate(self) -> None:
+        _positive(self.batch_size, "features.batch_size")
+        _choice(self.runtime, RUNTIMES, "features.runtime")
+        if not self.flush_seconds >= 0:
+            raise RunConfigError("features.flush_seconds must be >= 0")
+
+
+@dataclass
+class TrainingSection:
+    """Fitting the decoder (and the encoder with ``train_encoder``).
+
+    ``patience``: stop after this many epochs without a better validation loss (0: never
+    stop early); the best epoch's weights are kept either way. ``strategy``: ``auto``
+    (MirroredStrategy when there are several GPUs), ``default`` (one device), ``mirrored``
+    (all GPUs, or ``devices``), ``multiworker`` (MultiWorkerMirroredStrategy from
+    ``TF_CONFIG``).
+    """
+
+    epochs: int = 20
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    clipnorm: float | None = 5.0
+    patience: int = 3
+    min_delta: float = 0.0
+    train_encoder: bool = False
+    strategy: str = "auto"
+    devices: list[str] | None = None
+    deterministic: bool = True
+
+    def validate(self) -> None:
+        _positive(self.epochs, "training.epochs")
+        _positive(self.batch_size, "training.batch_size")
+        if not self.learning_rate > 0:
+            raise RunConfigError("training.learning_rate must be > 0")
+        if self.clipnorm is not None and not self.clipnorm > 0:
+            raise RunConfigError("training.clipnorm must be > 0 or null")
+        if self.patience < 0:
+            raise RunConfigError("training.patience must be >= 0")
+        if self.min_delta < 0:
+            raise RunConfigError("training.min_delta must be >= 0")
+        _choice(self.strategy, STRATEGIES, "training.strategy")
+
+
+@dataclass
+class EvaluationSection:
+    """Scoring the trained model with the coco-caption metrics (``training.evaluate``).
+    ``decodings``: ``greedy`` and/or ``beam-K``."""
+
+    enabled: bool = True
+    split: str = "test"
+    decodings: list[str] = field(default_factory=lambda: ["greedy", "beam-3"])
+    max_images: int | None = None
+
+    def validate(self) -> None:
+        _choice(self.split, SPLITS, "evaluation.split")
+        if not self.decodings:
+            raise RunConfigError("evaluation.decodings must name at least one decoding")
+        for d in self.decodings:
+            if not _DECODING.match(d):
+                raise RunConfigError(
+                    f"evaluation.decodings: {d!r} is not 'greedy' or 'beam-K' (K in 1..99)"
+                )
+        if self.max_images is not None:
+            _positive(self.max_images, "evaluation.max_images")
+
+
+@dataclass
+class PublishSection:
+    """The model folder (``out_dir``, default ``<run>/model``) and, with ``repo_id``, the Hub
+    repo it is pushed to. The token is never stored here: pass ``--token`` or set
+    ``HF_TOKEN`` (or log in with ``hf auth login``)."""
+
+    out_dir: str | None = None
+    repo_id: str | None = None
+    private: bool | None = None
+
+
+@dataclass
+class RunConfig:
+    """A whole training run. ``name`` picks the run folder ``<work_dir>/<name>``."""
+
+    name: str
+    dataset: DatasetSection
+    work_dir: str = "runs"
+    seed: int = 0
+    vocab: VocabSection = field(default_factory=VocabSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    features: FeaturesSection = field(default_factory=FeaturesSection)
+    training: TrainingSection = field(default_factory=TrainingSection)
+    evaluation: EvaluationSection = field(default_factory=EvaluationSection)
+    publish: PublishSection = field(default_factory=PublishSection)
+
+    # --- checks -------------------------------------------------------------------------------
+
+    def validate(self) -> None:
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
+            raise RunConfigError(
+                f"name {self.name!r} must be letters, digits, '.', '_' or '-' (it names the run folder)"
+            )
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise RunConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
+        self.dataset.validate()
+        self.vocab.validate()
+        self.features.validate()
+        self.training.validate()
+        self.evaluation.validate()
+        try:
+            self.captioner_config(vocab_size=8).validate()
+        except ConfigError as e:
+            raise RunConfigError(f"model: {e}") from None
+        enc = self.model.encoder
+        if (
+            not self.training.train_encoder
+            and enc.weights == "repo"
+            and self.model.encoder_weights is None
+        ):
+            raise RunConfigError(
+                "model.encoder: a frozen encoder with weights 'repo' needs "
+                "model.encoder_weights (an encoder.safetensors); or set "
+                "training.train_encoder: true to train it"
+            )
+
+    def captioner_config(self, vocab_size: int) -> CaptionerConfig:
+        """The model's ``config.json`` for a vocabulary of ``vocab_size`` tokens."""
+        decoder = DecoderConfig(
+            **{**asdict(self.model.decoder), "max_length": self.vocab.max_length}
+        )
+        return CaptionerConfig(
+            encoder=EncoderConfig(**asdict(self.model.encoder)),
+            decoder=decoder,
+            vocab_size=vocab_size,
+        )
+
+    # --- JSON ---------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["model"]["decoder"].pop("max_length", None)  # it is vocab.max_length
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: Any) -> RunConfig:
+        if not isinstance(data, dict):
+            raise RunConfigError("the run config must be a JSON object")
+        decoder = (
+            (data.get("model") or {}).get("decoder")
+            if isinstance(data.get("model"), dict)
+            else None
+        )
+        if isinstance(decoder, dict) and "max_length" in decoder:
+            raise RunConfigError(
+                "model.decoder.max_length: set vocab.max_length instead (the caption length limit)"
+            )
+        config = _build(cls, data, "")
+        config.validate()
+        return config
+
+    @classmethod
+    def from_json(cls, text: str, where: str = "config") -> RunConfig:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise RunConfigError(f"{where} is not valid JSON: {e}") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise RunConfigError(f"config file {path} does not exist")
+        return cls.from_json(path.read_text(encoding="utf-8"), where=str(path))
+
+    def save(self, path: str | Path) -> None:
+        atomic_write_text(Path(path), self.to_json())
+
+    def with_overrides(self, assignments: list[str]) -> RunConfig:
+        """A copy with ``section.key=value`` assignments applied (value: JSON, else a string)."""
+        data = self.to_dict()
+        for item in assignments:
+            key, sep, raw = item.partition("=")
+            if not sep or not key:
+                raise RunConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. training.epochs=5")
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError:
+                value = raw
+            node = data
+            parts = key.split(".")
+            for part in parts[:-1]:
+                child = node.get(part)
+                if child is None:
+                    child = node[part] = {}
+                if not isinstance(child, dict):
+                    raise RunConfigError(f"--set {key}: {part!r} is not a section")
+                node = child
+            node[parts[-1]] = value
+        return RunConfig.from_dict(data)
+
+    # --- where things go ----------------------------------------------------------------------
+
+    @property
+    def paths(self) -> RunPaths:
+        return RunPaths(Path(self.work_dir) / self.name, self)
+
+
+class RunPaths:
+    """The layout of a run folder."""
+
+    def __init__(self, root: Path, config: RunConfig) -> None:
+        self.root = root
+        self.config_file = root / "config.json"
+        self.data = root / "data"  # the synthetic dataset, when drawn
+        self.prepared = root / "prepared"
+        self.captions = self.prepared / "captions.csv"  # image, caption, split (raw references)
+        self.vocab = self.prepared / "vocab.json"
+        self.prepare_info = self.prepared / "prepare.json"
+        self.frozen_encoder = self.prepared / "encoder.safetensors"
+        self.features = (
+            Path(config.features.cache_dir) if config.features.cache_dir else root / "features"
+        )
+        self.checkpoints = root / "checkpoints"
+        self.trained = root / "trained"  # the best model, save_pretrained layout, no card
+        self.train_info = root / "train.json"
+        self.metrics = root / "metrics.json"
+        self.model = Path(config.publish.out_dir) if config.publish.out_dir else root / "model"
+        self.stages = root / "stages.json"
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
+    import os
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def _choice(value: Any, allowed: tuple[str, ...], what: str) -> None:
+    if value not in allowed:
+        raise RunConfigError(f"{what} is {value!r}; expected one of {', '.join(allowed)}")
+
+
+def _positive(value: Any, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise RunConfigError(f"{what} must be a positive integer, got {value!r}")
+
+
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "null"
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return "a list"
+    if tp is dict or origin is dict:
+        return "an object"
+    if is_dataclass(tp):
+        return "an object"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(
+        tp, str(tp)
+    )
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` (JSON types) and build dataclasses."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, where)
+            except RunConfigError as e:
+                errors.append(e)
+        if len(errors) == 1:
+            raise errors[0]
+        raise RunConfigError(f"{where} must be {_type_name(tp)}, got {json.dumps(value)}")
+    if is_dataclass(tp):
+        return _build(tp, value, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise RunConfigError(f"{where} must be a list, got {json.dumps(value)}")
+        (item,) = typing.get_args(tp) or (Any,)
+        return [_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise RunConfigError(f"{where} must be an object, got {json.dumps(value)}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise RunConfigError(f"{where} must be true or false, got {json.dumps(value)}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise RunConfigError(f"{where} must be an integer, got {json.dumps(value)}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise RunConfigError(f"{where} must be a number, got {json.dumps(value)}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise RunConfigError(f"{where} must be a string, got {json.dumps(value)}")
+        return value
+    return value
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    label = where or "config"
+    if not isinstance(data, dict):
+        raise RunConfigError(f"{label} must be an object, got {json.dumps(data)}")
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in fields(cls)]
+    for key in data:
+        if key not in known:
+            path = f"{where}.{key}" if where else key
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise RunConfigError(f"unknown key {path!r}{hint}; {label} takes {', '.join(known)}")
+    kwargs = {}
+    for f in fields(cls):
+        path = f"{where}.{f.name}" if where else f.name
+        if f.name in data:
+            kwargs[f.name] = _convert(data[f.name], hints[f.name], path)
+        elif f.default is MISSING and f.default_factory is MISSING:
+            raise RunConfigError(f"missing key {path!r}")
+    return cls(**kwargs)
