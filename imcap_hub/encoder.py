@@ -297,6 +297,7 @@ class Encoder:
         self._run: Callable[[np.ndarray], np.ndarray] | None = None
         self.runtime: RuntimeInfo | None = None
         self._fingerprint: str | None = None
+        self._prepare_lock = threading.Lock()
 
     @property
     def keras_model(self):
@@ -386,11 +387,16 @@ class Encoder:
 
     def prepare(self) -> RuntimeInfo:
         """Choose and load the runtime now (otherwise done on the first ``encode``)."""
-        if self.runtime is not None:
-            return self.runtime
+        with self._prepare_lock:  # two first requests at once must not convert twice
+            if self.runtime is None:
+                self._choose_runtime()
+        assert self.runtime is not None
+        return self.runtime
+
+    def _choose_runtime(self) -> None:
         if self.requested_runtime != "auto":
             self._run, self.runtime = self._prepare(self.requested_runtime)
-            return self.runtime
+            return
         failures = []
         for runtime in AUTO_ORDER:
             if runtime != "keras" and not runtime_available(runtime):
@@ -403,7 +409,7 @@ class Encoder:
                 failures.append(f"{runtime}: {e}")
                 continue
             self.runtime.note = "; ".join(failures)
-            return self.runtime
+            return
         raise EncoderError("no encoder runtime works: " + "; ".join(failures))
 
     def run(self, batch: np.ndarray) -> np.ndarray:
