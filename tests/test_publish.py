@@ -1,0 +1,153 @@
+"""training.publish: the model folder, and pushing it to the (local) Hub."""
+
+import json
+from pathlib import Path
+
+import pytest
+from helpers import random_image, tiny_config
+from huggingface_hub import HfApi, hf_hub_download
+
+from imcap_hub import ImageCaptioner, ImcapError
+from model_card import render_card
+from training.publish import PublishError, PublishResult, publish
+
+IMAGES = [random_image(seed, (40, 52)) for seed in range(3)]
+INFO = {"dataset": {"name": "synthetic-shapes", "layout": "flickr8k"}, "seed": 0}
+MODEL_FILES = [
+    "README.md",
+    "config.json",
+    "encoder.safetensors",
+    "metrics.json",
+    "model.safetensors",
+    "vocab.json",
+]
+
+
+def _captions(model):
+    return [
+        [c.to_dict() for c in model.caption(img, beam_size=3, num_captions=2)] for img in IMAGES
+    ]
+
+
+@pytest.fixture
+def model(tiny_vocab):
+    """A fresh untrained tiny captioner: publish sets its card and metrics, so not the shared one."""
+    return ImageCaptioner.from_config(tiny_config(), tiny_vocab, seed=7, runtime="keras")
+
+
+def test_publish_writes_the_model_folder(model, eval_metrics, tmp_path):
+    out = tmp_path / "model"
+    result = publish(model, out, metrics=eval_metrics, training_info=INFO)
+    assert isinstance(result, PublishResult)
+    assert (result.out_dir, result.repo_id, result.commit_hash) == (out, None, None)
+    assert result.files == MODEL_FILES == sorted(p.name for p in out.iterdir())
+    card = (out / "README.md").read_text()
+    assert card == model.card == render_card(model.config, eval_metrics, INFO)
+    assert json.loads((out / "metrics.json").read_text()) == eval_metrics == model.metrics
+    loaded = ImageCaptioner.from_pretrained(out, runtime="keras")
+    assert _captions(loaded) == _captions(model)
+    assert (loaded.card, loaded.metrics) == (card, eval_metrics)
+
+
+def test_republish_without_metrics_leaves_no_stale_metrics(model, eval_metrics, tmp_path):
+    publish(model, tmp_path, metrics=eval_metrics, training_info=INFO)
+    result = publish(model, tmp_path, metrics=None, training_info=INFO)
+    assert "metrics.json" not in result.files
+    assert "not evaluated" in (tmp_path / "README.md").read_text().lower()
+
+
+def test_push_then_from_pretrained_gives_the_same_model(hub_server, model, eval_metrics, tmp_path):
+    repo_id = hub_server.new_repo_id("published")
+    result = publish(
+        model,
+        tmp_path / "model",
+        metrics=eval_metrics,
+        training_info=INFO,
+        repo_id=repo_id,
+        token=hub_server.token,
+        commit_message="first model",
+    )
+    assert result.repo_id == repo_id and len(result.commit_hash) == 40
+    assert result.commit_hash in result.commit_url
+    loaded = ImageCaptioner.from_pretrained(repo_id, cache_dir=tmp_path / "cache", runtime="keras")
+    assert loaded.source["revision"] == result.commit_hash
+    assert _captions(loaded) == _captions(model)
+    assert loaded.card == (tmp_path / "model" / "README.md").read_text()
+    assert f'from_pretrained("{repo_id}")' in loaded.card
+    assert loaded.metrics == eval_metrics
+    api = HfApi(token=hub_server.token)
+    assert set(MODEL_FILES) <= set(api.list_repo_files(repo_id))
+    assert api.list_repo_commits(repo_id)[0].title == "first model"
+
+
+def test_repush_deletes_what_the_model_no_longer_has(hub_server, model, eval_metrics, tmp_path):
+    repo_id = hub_server.new_repo_id("republished")
+    common = {"training_info": INFO, "repo_id": repo_id, "token": hub_server.token}
+    publish(model, tmp_path / "a", metrics=eval_metrics, **common)
+    publish(model, tmp_path / "b", metrics=None, **common)
+    files = HfApi(token=hub_server.token).list_repo_files(repo_id)
+    assert "metrics.json" not in files and "README.md" in files
+    readme = hf_hub_download(repo_id, "README.md", cache_dir=tmp_path / "cache")
+    assert "not evaluated" in Path(readme).read_text(encoding="utf-8").lower()
+
+
+def test_push_to_a_new_branch(hub_server, model, tmp_path):
+    repo_id = hub_server.new_repo_id("branched")
+    result = publish(
+        model,
+        tmp_path / "model",
+        metrics=None,
+        training_info=INFO,
+        repo_id=repo_id,
+        token=hub_server.token,
+        branch="experiment",
+    )
+    loaded = ImageCaptioner.from_pretrained(
+        repo_id, revision="experiment", cache_dir=tmp_path / "cache", runtime="keras"
+    )
+    assert loaded.source["revision"] == result.commit_hash
+    assert _captions(loaded) == _captions(model)
+
+
+@pytest.mark.parametrize(
+    ("token_kind", "message"),
+    [("wrong", r"refused the token .*\(401 Unauthorized\)"), ("read", r"\(403 Forbidden\)")],
+)
+def test_bad_token_is_a_clear_one_line_error(hub_server, model, tmp_path, token_kind, message):
+    token = "hf_not_a_valid_token" if token_kind == "wrong" else hub_server.read_token
+    repo_id = hub_server.new_repo_id("refused")
+    with pytest.raises(PublishError, match=message) as info:
+        publish(
+            model,
+            tmp_path / "model",
+            metrics=None,
+            training_info=INFO,
+            repo_id=repo_id,
+            token=token,
+        )
+    assert isinstance(info.value, ImcapError) and "\n" not in str(info.value)
+    assert repo_id in str(info.value)
+    assert (tmp_path / "model" / "README.md").is_file()  # the local folder is still written
+
+
+@pytest.mark.parametrize("repo_id", ["no namespace", "a/b/c", "name-only"])
+def test_invalid_repo_id_is_refused_before_writing(model, tmp_path, repo_id):
+    with pytest.raises(PublishError, match="repo id"):
+        publish(model, tmp_path / "model", metrics=None, training_info=INFO, repo_id=repo_id)
+    assert not (tmp_path / "model").exists()
+
+
+def test_unreachable_hub_is_a_clear_error(model, tmp_path, monkeypatch):
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    with pytest.raises(PublishError, match="cannot reach the Hub") as info:
+        publish(
+            model,
+            tmp_path / "model",
+            metrics=None,
+            training_info=INFO,
+            repo_id="tester/unreachable",
+            token="hf_x",
+        )
+    assert "\n" not in str(info.value)
