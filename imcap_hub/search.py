@@ -46,6 +46,40 @@ def _allowed(
     return logprobs
 
 
+def _decode_rows(
+    step: StepFn,
+    state: tuple,
+    choose: Callable[[np.ndarray], np.ndarray],
+    *,
+    start_id: int,
+    end_id: int,
+    max_length: int,
+    banned: Sequence[int],
+    length_penalty: float,
+) -> list[Hypothesis]:
+    """One token per row per step, picked by ``choose(allowed log-probs) -> token ids``."""
+    n = state[0].shape[0]
+    tokens = np.full(n, start_id, dtype=np.int64)
+    seqs: list[list[int]] = [[] for _ in range(n)]
+    logprob = np.zeros(n, dtype=np.float64)
+    alive = np.arange(n)
+    for n_words in range(max_length + 1):
+        lp, state = step(tokens, state)
+        lp = _allowed(lp, banned, n_words, max_length, end_id)
+        chosen = choose(lp)
+        logprob[alive] += lp[np.arange(len(alive)), chosen]
+        keep = chosen != end_id
+        for row, tok in zip(alive[keep], chosen[keep]):
+            seqs[row].append(int(tok))
+        alive, tokens, state = alive[keep], chosen[keep], _take(state, np.flatnonzero(keep))
+        if len(alive) == 0:
+            break
+    return [
+        Hypothesis(tuple(s), float(lp_), normalised(float(lp_), len(s), length_penalty))
+        for s, lp_ in zip(seqs, logprob)
+    ]
+
+
 def greedy(
     step: StepFn,
     state: tuple,
@@ -57,26 +91,16 @@ def greedy(
     length_penalty: float = 1.0,
 ) -> list[Hypothesis]:
     """Best next token each step, for a batch of N independent states at once."""
-    n = state[0].shape[0]
-    tokens = np.full(n, start_id, dtype=np.int64)
-    seqs: list[list[int]] = [[] for _ in range(n)]
-    logprob = np.zeros(n, dtype=np.float64)
-    alive = np.arange(n)
-    for n_words in range(max_length + 1):
-        lp, state = step(tokens, state)
-        lp = _allowed(lp, banned, n_words, max_length, end_id)
-        best = lp.argmax(axis=1)
-        logprob[alive] += lp[np.arange(len(alive)), best]
-        keep = best != end_id
-        for row, tok in zip(alive[keep], best[keep]):
-            seqs[row].append(int(tok))
-        alive, tokens, state = alive[keep], best[keep], _take(state, np.flatnonzero(keep))
-        if len(alive) == 0:
-            break
-    return [
-        Hypothesis(tuple(s), float(lp_), normalised(float(lp_), len(s), length_penalty))
-        for s, lp_ in zip(seqs, logprob)
-    ]
+    return _decode_rows(
+        step,
+        state,
+        lambda lp: lp.argmax(axis=1),
+        start_id=start_id,
+        end_id=end_id,
+        max_length=max_length,
+        banned=banned,
+        length_penalty=length_penalty,
+    )
 
 
 def beam_search(
@@ -178,30 +202,23 @@ def sample(
     if not 0 < top_p <= 1:
         raise ValueError("top_p must be in (0, 1]")
     rng = np.random.default_rng(seed)
-    state = _take(state, np.zeros(num_samples, dtype=np.int64))
-    tokens = np.full(num_samples, start_id, dtype=np.int64)
-    seqs: list[list[int]] = [[] for _ in range(num_samples)]
-    logprob = np.zeros(num_samples, dtype=np.float64)
-    alive = np.arange(num_samples)
-    for n_words in range(max_length + 1):
-        lp, state = step(tokens, state)
-        lp = _allowed(lp, banned, n_words, max_length, end_id)
+
+    def draw(lp: np.ndarray) -> np.ndarray:
         scaled = lp / temperature
         probs = np.exp(scaled - scaled.max(axis=1, keepdims=True))
-        probs /= probs.sum(axis=1, keepdims=True)
-        probs = _top_p_filter(probs, top_p)
+        probs = _top_p_filter(probs / probs.sum(axis=1, keepdims=True), top_p)
         cumulative = probs.cumsum(axis=1)
-        u = rng.random((len(alive), 1)) * cumulative[:, -1:]
-        chosen = np.minimum((cumulative < u).sum(axis=1), probs.shape[1] - 1)
-        logprob[alive] += lp[np.arange(len(alive)), chosen]
-        keep = chosen != end_id
-        for row, tok in zip(alive[keep], chosen[keep]):
-            seqs[row].append(int(tok))
-        alive, tokens, state = alive[keep], chosen[keep], _take(state, np.flatnonzero(keep))
-        if len(alive) == 0:
-            break
-    hyps = [
-        Hypothesis(tuple(s), float(lp_), normalised(float(lp_), len(s), length_penalty))
-        for s, lp_ in zip(seqs, logprob)
-    ]
+        u = rng.random((len(lp), 1)) * cumulative[:, -1:]
+        return np.minimum((cumulative < u).sum(axis=1), probs.shape[1] - 1)
+
+    hyps = _decode_rows(
+        step,
+        _take(state, np.zeros(num_samples, dtype=np.int64)),
+        draw,
+        start_id=start_id,
+        end_id=end_id,
+        max_length=max_length,
+        banned=banned,
+        length_penalty=length_penalty,
+    )
     return sorted(hyps, key=lambda h: -h.score)
