@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -21,6 +22,11 @@ from training.evaluate import (
     score_captions,
     write_metrics,
 )
+
+# METEOR's JVM spends ~10 s loading its paraphrase table. It is one process, reused by every
+# scoring call of the session: start it at collection, so that it loads while earlier modules run.
+if shutil.which("java"):
+    ev._start_meteor()
 
 # Three images with two references each: CIDEr's IDF needs more than one image to mean anything.
 REFS = {
