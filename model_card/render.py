@@ -257,34 +257,90 @@ def _history(history: Any) -> dict[str, Any] | None:
     return {"columns": [_cell(c) for c in columns], "rows": rows}
 
 
+def _hardware(value: Any) -> str:
+    if not isinstance(value, Mapping):
+        return _fmt(value)
+    parts = []
+    cpu = value.get("cpu")
+    if cpu:
+        count = value.get("cpu_count")
+        parts.append(f"{cpu} ({count} cores)" if count else str(cpu))
+    if "gpus" in value or "gpu" in value:
+        gpus = value.get("gpus", value.get("gpu"))
+        gpus = [gpus] if isinstance(gpus, str) else list(gpus or [])
+        parts.append("GPU: " + ", ".join(map(str, gpus)) if gpus else "no GPU")
+    if value.get("tensorflow"):
+        parts.append(f"TensorFlow {value['tensorflow']}")
+    if value.get("python"):
+        parts.append(f"Python {value['python']}")
+    shown = {"cpu", "cpu_count", "gpus", "gpu", "tensorflow", "python"}
+    parts += [f"{k}: {_fmt(v)}" for k, v in value.items() if k not in shown and v is not None]
+    return _cell("; ".join(parts)) if parts else NOT_RECORDED
+
+
+def _optional_rows(data: Mapping[str, Any], rows: Mapping[str, str]) -> list[dict[str, str]]:
+    """Table rows for the keys of ``data`` that are present (and not None), in ``rows`` order."""
+    return [
+        {"name": name, "value": _fmt(data[key])}
+        for key, name in rows.items()
+        if data.get(key) is not None
+    ]
+
+
 def _training(info: Mapping[str, Any]) -> dict[str, Any]:
     t = info.get("training")
     t = t if isinstance(t, Mapping) else {}
     stages = t.get("seconds") or info.get("seconds") or info.get("timings_s")
     stage_rows = []
     if isinstance(stages, Mapping):
-        stage_rows = [{"name": _cell(k), "time": _duration(v)} for k, v in stages.items()]
+        stage_rows = [
+            {"name": _cell(k), "time": _duration(v)} for k, v in stages.items() if v is not None
+        ]
     seed = info.get("seed", t.get("seed"))
     return {
-        "epochs_run": _fmt(t.get("epochs_run", t.get("epochs"))),
+        "epochs_run": _fmt(t.get("epochs_run")),
         "best_epoch": _fmt(t.get("best_epoch")),
         "batch_size": _fmt(t.get("batch_size")),
         "learning_rate": _fmt(t.get("learning_rate")),
         "train_encoder": _fmt(t.get("train_encoder")),
         "seed": _fmt(seed),
-        "hardware": _fmt(info.get("hardware", t.get("hardware"))),
+        "hardware": _hardware(info.get("hardware", t.get("hardware"))),
+        "extra": _optional_rows(
+            t,
+            {
+                "epochs": "maximum epochs",
+                "patience": "early-stopping patience (epochs)",
+                "stopped_early": "stopped early",
+                "clipnorm": "gradient clipping (norm)",
+                "strategy": "tf.distribute strategy",
+            },
+        ),
         "stages": stage_rows,
         "history": _history(t.get("history")),
     }
 
 
-def _vocabulary(config: CaptionerConfig, info: Mapping[str, Any]) -> dict[str, str]:
+def _vocabulary(config: CaptionerConfig, info: Mapping[str, Any]) -> dict[str, Any]:
     v = info.get("vocabulary")
     v = v if isinstance(v, Mapping) else {}
+    extra = _optional_rows(
+        v,
+        {
+            "distinct_train_words": "distinct words in the training captions",
+            "caption_length_mean": "mean caption length (words)",
+        },
+    )
+    kept, total = v.get("train_captions_kept"), v.get("train_captions")
+    if _number(kept) is not None and _number(total):
+        extra.append({"name": "training captions kept", "value": f"{kept:,} of {total:,}"})
+    rate = _number(v.get("unknown_token_rate"))
+    if rate is not None:
+        extra.append({"name": "unknown-word rate (training)", "value": f"{rate:.2%}"})
     return {
         "size": _fmt(v.get("size", config.vocab_size)),
         "min_count": _fmt(v.get("min_count")),
         "max_length": _fmt(v.get("max_length", config.decoder.max_length)),
+        "extra": extra,
     }
 
 

@@ -172,6 +172,19 @@ def test_tolerates_missing_and_odd_training_info():
     assert 'from_pretrained("USER/MODEL")' in text
 
 
+def test_run_details_as_the_training_cli_records_them():
+    info = {
+        **INFO,
+        "vocabulary": {**INFO["vocabulary"], "train_captions": 30000, "train_captions_kept": 29950},
+        "training": {**INFO["training"], "epochs": 30, "patience": 3, "stopped_early": True},
+        "hardware": {"cpu": "Xeon", "cpu_count": 16, "gpus": [], "tensorflow": "2.21.0"},
+    }
+    text = render_card(RESNET, METRICS, info)
+    assert "| hardware | Xeon (16 cores); no GPU; TensorFlow 2.21.0 |" in text
+    assert "| maximum epochs | 30 |" in text and "| stopped early | yes |" in text
+    assert "| training captions kept | 29,950 of 30,000 |" in text
+
+
 def test_synthetic_demo_model_card():
     info = {"dataset": {"name": "synthetic-shapes", "layout": "flickr8k"}, "license": "mit"}
     text = render_card(tiny_config(), METRICS, info, repo_id="someone/imcap-demo")
