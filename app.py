@@ -13,6 +13,7 @@ encoder call), ``/caption_details`` (image + options -> JSON), ``/model_info`` (
 from __future__ import annotations
 
 import argparse
+import collections
 import html
 import importlib.util
 import logging
@@ -287,6 +288,36 @@ def model_info(loaded: LoadedModel) -> dict[str, Any]:
     }
 
 
+def _metrics_markdown(metrics: Any) -> list[str]:
+    """metrics.json as a table: one row per decoding (training/evaluate.py's layout), or the
+    flattened numbers of any other layout."""
+    if not metrics:
+        return ["No metrics.json: this model has not been evaluated."]
+    decodings = metrics.get("decodings") if isinstance(metrics, dict) else None
+    if (
+        isinstance(decodings, dict)
+        and decodings
+        and all(isinstance(v, dict) for v in decodings.values())
+    ):
+        names = list(dict.fromkeys(k for scores in decodings.values() for k in scores))
+        where = f"split `{metrics.get('split', '?')}`"
+        if metrics.get("n_images") is not None:
+            where += f", {metrics['n_images']} images"
+        out = [
+            f"**Evaluation** ({where}; from `metrics.json`):",
+            "",
+            "| decoding | " + " | ".join(names) + " |",
+            "|---|" + "---|" * len(names),
+        ]
+        for spec, scores in decodings.items():
+            cells = " | ".join(_fmt(scores.get(n, "")) for n in names)
+            out.append(f"| {html.escape(str(spec))} | {cells} |")
+        return out
+    rows = [(k, v) for k, v in _flatten(metrics) if isinstance(v, (int, float, str)) and k][:40]
+    out = ["**Metrics** (from `metrics.json`):", "", "| metric | value |", "|---|---|"]
+    return out + [f"| {html.escape(str(k))} | {html.escape(_fmt(v))} |" for k, v in rows]
+
+
 def model_panel_markdown(info: dict[str, Any]) -> str:
     """The model panel: repo, revision, runtime, training data and metrics."""
     model_id = info["model_id"]
@@ -309,13 +340,7 @@ def model_panel_markdown(info: dict[str, Any]) -> str:
         f"{decoder.get('max_length', '?')} words  ",
         f"**Trained on:** {', '.join(info['datasets']) or 'not stated in the model card'}",
     ]
-    metrics = info.get("metrics")
-    if metrics:
-        rows = [(k, v) for k, v in _flatten(metrics) if isinstance(v, (int, float, str)) and k][:40]
-        lines += ["", "| metric | value |", "|---|---|"]
-        lines += [f"| {html.escape(str(k))} | {html.escape(_fmt(v))} |" for k, v in rows]
-    else:
-        lines += ["", "No metrics.json: this model has not been evaluated."]
+    lines += ["", *_metrics_markdown(info.get("metrics"))]
     return "\n".join(lines)
 
 
@@ -348,6 +373,7 @@ class Captioner:
         self.limits = limits
         self.info = model_info(loaded)
         self._lock = threading.Lock()
+        self.batch_sizes: collections.deque[int] = collections.deque(maxlen=10_000)  # /caption
 
     def _predict_many(self, paths: list[str], options: DecodeOptions) -> list[Prediction]:
         with self._lock:
@@ -361,6 +387,7 @@ class Captioner:
         """
         # batch=True: Gradio hands over up to max_batch_size queued requests at once.
         named = [_image_path(x) for x in image]
+        self.batch_sizes.append(len(named))
         results = self._predict_many([p for p, _ in named], DecodeOptions())
         errors = [_user_message(r.error, p, n) for r, (p, n) in zip(results, named) if r.error]
         if errors:  # the validator refuses bad images before they join a batch

@@ -173,3 +173,45 @@ def eval_metrics(tiny_captioner, eval_table):
 
 
 # --- end evaluation ---
+
+
+# --- app ---
+# app.py (the Gradio Space) launched once per session on 127.0.0.1, serving the tiny model.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+
+@pytest.fixture(scope="session")
+def app_server(tiny_model_dir):
+    """app.py's Blocks serving ``tiny_model_dir`` on a free 127.0.0.1 port for the session.
+
+    ``.url``, ``.demo`` (the Blocks), ``.loaded`` (app.LoadedModel), ``.service``
+    (app.Captioner: ``.batch_sizes``, ``._lock``), ``.client()`` (a new gradio_client.Client).
+    """
+    from types import SimpleNamespace
+
+    import app
+
+    loaded = app.load_model(str(tiny_model_dir))
+    demo = app.build_app(loaded, max_batch_size=8)
+    _, url, _ = demo.launch(
+        server_name="127.0.0.1",
+        server_port=_free_local_port(),
+        prevent_thread_lock=True,
+        quiet=True,
+        **app.launch_kwargs(),
+    )
+
+    def client():
+        from gradio_client import Client
+
+        return Client(url, verbose=False)
+
+    try:
+        yield SimpleNamespace(
+            url=url.rstrip("/"), demo=demo, loaded=loaded, service=demo.imcap_service, client=client
+        )
+    finally:
+        demo.close()
+
+
+# --- end app ---
