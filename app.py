@@ -59,7 +59,7 @@ THEME = gr.themes.Default(  # system fonts only: the page must work with no netw
     font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"],
 )
 CSS = """
-#best-caption textarea { font-size: 1.6rem !important; line-height: 1.35 !important; font-weight: 600; color: var(--body-text-color) !important; -webkit-text-fill-color: var(--body-text-color); }
+#best-caption textarea { font-size: 1.6rem !important; line-height: 1.35 !important; font-weight: 600; color: var(--body-text-color) !important; -webkit-text-fill-color: var(--body-text-color); opacity: 1 !important; }
 #model-notice { border-left: 4px solid #d97706; background: #fffbeb; color: #78350f; padding: 0.5rem 0.9rem; border-radius: 4px; }
 #model-notice p { margin: 0.2rem 0; }
 """
@@ -347,17 +347,25 @@ def model_panel_markdown(info: dict[str, Any]) -> str:
 # --- the functions the events call ---------------------------------------------------------------
 
 
+NO_IMAGE = "No image: upload one, paste one or take a webcam picture first."
+
+
+def _user_error(message: str, title: str = "Cannot caption this image") -> gr.Error:
+    """A message for the user (no traceback in the server log: it is the user's input)."""
+    return gr.Error(message, title=title, print_exception=False)
+
+
 def _image_path(image: Any) -> tuple[str, str]:
     """The uploaded file's path and the name to show in messages (events run preprocess=False,
     so imcap_hub, not Gradio, decodes the upload: one decoder, one set of limits and messages)."""
     if image is None:
-        raise gr.Error("No image: upload one, paste one or take a webcam picture first.")
+        raise _user_error(NO_IMAGE, "No image")
     if isinstance(image, (str, os.PathLike)):
         path = os.fspath(image)
         return path, os.path.basename(path)
     if isinstance(image, dict) and image.get("path"):
         return image["path"], image.get("orig_name") or os.path.basename(image["path"])
-    raise gr.Error("No image: upload one, paste one or take a webcam picture first.")
+    raise _user_error(NO_IMAGE, "No image")
 
 
 def _user_message(error: str, path: str, name: str) -> str:
@@ -391,7 +399,7 @@ class Captioner:
         results = self._predict_many([p for p, _ in named], DecodeOptions())
         errors = [_user_message(r.error, p, n) for r, (p, n) in zip(results, named) if r.error]
         if errors:  # the validator refuses bad images before they join a batch
-            raise gr.Error(errors[0], title="Cannot caption this image")
+            raise _user_error(errors[0])
         return ([r.text for r in results],)
 
     def validate_caption(self, image: list[Any]) -> tuple[list[dict[str, Any]]]:
@@ -446,12 +454,10 @@ class Captioner:
             )
             options.validate(self.loaded.model.config.decoder.max_length)
         except (TypeError, ValueError) as e:
-            raise gr.Error(f"Bad option: {e}", title="Bad decoding option") from None
+            raise _user_error(f"Bad option: {e}", "Bad decoding option") from None
         result = self._predict_many([path], options)[0]
         if result.error:
-            raise gr.Error(
-                _user_message(result.error, path, name), title="Cannot caption this image"
-            )
+            raise _user_error(_user_message(result.error, path, name))
         info = self.info
         return {
             "caption": result.text,
@@ -563,6 +569,8 @@ def build_app(loaded: LoadedModel, *, max_batch_size: int = DEFAULT_MAX_BATCH) -
                     label="n-best (score: log-probability per token)",
                     interactive=False,
                     elem_id="nbest",
+                    column_widths=["8%", "60%", "16%", "16%"],
+                    wrap=True,
                 )
                 with gr.Accordion("Raw /caption_details answer (JSON)", open=False):
                     details = gr.JSON(label="caption_details")

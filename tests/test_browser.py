@@ -1,0 +1,143 @@
+"""A real headless Chromium (Debian's, driven by Playwright) uses the app like a person: it loads
+the page, uploads an image, clicks Caption and reads the caption off the page. The network is
+closed: every request the page makes must go to the app itself."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+from imcap_hub import ImageCaptioner
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).parent / "artifacts"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-quic",
+    "--disable-sync",
+    "--disable-default-apps",
+    "--disable-extensions",
+    "--metrics-recording-only",
+    "--no-default-browser-check",
+]
+
+
+def _require_chromium() -> None:
+    missing = []
+    if not os.access(CHROMIUM, os.X_OK):
+        missing.append(f"{CHROMIUM} is missing (apt-get install -y chromium)")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        missing.append("the playwright package is missing (pip install -r requirements-dev.txt)")
+    if not missing:
+        return
+    reason = "; ".join(missing)
+    if os.environ.get("IMCAP_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"IMCAP_REQUIRE_BROWSER=1 but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def page(app_server):
+    """A fresh Chromium profile and page; records every URL the page requests."""
+    _require_chromium()
+    from playwright.sync_api import sync_playwright
+
+    profile = tempfile.mkdtemp(prefix="imcap-chromium-")
+    with sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            profile,
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1280, "height": 900},
+            service_workers="block",
+        )
+        context.set_default_timeout(30_000)
+        page = context.pages[0] if context.pages else context.new_page()
+        page.requested = []
+        page.on("request", lambda r: page.requested.append(r.url))
+        page.console_errors = []
+        page.on("console", lambda m: m.type == "error" and page.console_errors.append(m.text))
+        try:
+            yield page
+        finally:
+            context.close()
+            shutil.rmtree(profile, ignore_errors=True)
+
+
+def _caption_on_page(page) -> str:
+    box = page.locator("#best-caption textarea")
+    page.wait_for_function(
+        "() => { const t = document.querySelector('#best-caption textarea');"
+        " return t && t.value.trim().length > 0; }"
+    )
+    return box.input_value().strip()
+
+
+def _upload(page, path: Path) -> None:
+    clear = page.locator("#input-image button[aria-label='Clear']")
+    if clear.count():
+        clear.first.click()
+    page.locator("#input-image input[type=file]").set_input_files(str(path))
+    page.locator("#input-image img").first.wait_for(state="visible")
+
+
+def test_upload_click_and_read_the_caption(page, app_server, image_files, tiny_model_dir):
+    expected = ImageCaptioner.from_pretrained(tiny_model_dir).caption(image_files["good"][0])
+    page.goto(app_server.url, wait_until="networkidle")
+    assert "imcap" in page.title()
+    assert page.locator("#model-panel").inner_text().count("Revision") == 1
+
+    _upload(page, image_files["good"][0])
+    page.locator("#caption-button").click()
+    caption = _caption_on_page(page)
+    assert caption == expected[0].text
+    assert expected[0].text in page.locator("#nbest").inner_text()
+    assert "ms" in page.locator("#timing").inner_text()
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "browser_caption.png"
+    page.screenshot(path=str(shot), full_page=True)
+    print(f"\nscreenshot: {shot}")
+
+    app_host = urlparse(app_server.url).netloc
+    outside = sorted(
+        {
+            u
+            for u in page.requested
+            if urlparse(u).scheme in ("http", "https", "ws", "wss")
+            and urlparse(u).netloc != app_host
+        }
+    )
+    assert not outside, f"the page fetched from outside the app: {outside}"
+
+
+def test_bad_upload_shows_an_error_and_the_page_keeps_working(page, app_server, image_files):
+    page.goto(app_server.url, wait_until="networkidle")
+    page.locator("#input-image input[type=file]").set_input_files(
+        str(image_files["bad"]["truncated_jpeg"])
+    )
+    page.wait_for_timeout(500)
+    page.locator("#caption-button").click()
+    toast = page.get_by_text("damaged or truncated")
+    toast.first.wait_for(state="visible")
+    assert page.locator("#best-caption textarea").input_value() == ""
+
+    good = image_files["good"][1]
+    expected = app_server.client().predict(
+        __import__("gradio_client").handle_file(good), api_name="/caption"
+    )
+    _upload(page, good)
+    page.locator("#caption-button").click()
+    assert _caption_on_page(page) == expected
