@@ -49,6 +49,7 @@ PROJECT_URL = "https://github.com/imcap/imcap"
 REPO_PLACEHOLDER = "USER/MODEL"
 SPACE_PLACEHOLDER = "USER/SPACE"
 MAX_EXAMPLES = 5
+STAGE_ORDER = ("prepare", "train", "evaluate", "push")  # the training CLI's stages
 
 # metrics.json name -> Hub metric type (https://hf.co/metrics ids)
 METRIC_TYPES: dict[str, str] = {
@@ -105,10 +106,11 @@ def _cell(text: Any) -> str:
     return re.sub(r"\s+", " ", str(text)).replace("|", "\\|").strip()
 
 
-def _fmt(value: Any) -> str:
-    """A value for the card; missing values read "not recorded"."""
+def _fmt(value: Any, nested: bool = False) -> str:
+    """A value for the card; missing values read "not recorded" (empty ones inside a dict or a
+    list read "none")."""
     if value is None or value == "" or value == [] or value == {}:
-        return NOT_RECORDED
+        return "none" if nested else NOT_RECORDED
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, int):
@@ -116,9 +118,9 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}" if math.isfinite(value) else str(value)
     if isinstance(value, Mapping):
-        return _cell(", ".join(f"{k}: {_fmt(v)}" for k, v in value.items()))
+        return _cell(", ".join(f"{k}: {_fmt(v, True)}" for k, v in value.items()))
     if isinstance(value, (list, tuple)):
-        return _cell(", ".join(_fmt(v) for v in value))
+        return _cell(", ".join(_fmt(v, True) for v in value))
     return _cell(value)
 
 
@@ -247,13 +249,13 @@ def _history(history: Any) -> dict[str, Any] | None:
     for entry in entries:
         columns += [str(k) for k in entry if str(k) not in columns]
 
-    def value(v: Any) -> str:
+    def value(v: Any, column: str) -> str:
         n = _number(v)
         if n is None or isinstance(v, int):
             return _fmt(v) if v is not None else ""
-        return f"{n:.4f}"
+        return f"{n:.1f}" if "second" in column or "time" in column else f"{n:.4f}"
 
-    rows = [[value(entry.get(c)) for c in columns] for entry in entries]
+    rows = [[value(entry.get(c), c) for c in columns] for entry in entries]
     return {"columns": [_cell(c) for c in columns], "rows": rows}
 
 
@@ -293,8 +295,10 @@ def _training(info: Mapping[str, Any]) -> dict[str, Any]:
     stages = t.get("seconds") or info.get("seconds") or info.get("timings_s")
     stage_rows = []
     if isinstance(stages, Mapping):
+        order = {stage: i for i, stage in enumerate(STAGE_ORDER)}
+        names = sorted(stages, key=lambda k: (order.get(k, len(order)), list(stages).index(k)))
         stage_rows = [
-            {"name": _cell(k), "time": _duration(v)} for k, v in stages.items() if v is not None
+            {"name": _cell(k), "time": _duration(stages[k])} for k in names if stages[k] is not None
         ]
     seed = info.get("seed", t.get("seed"))
     return {
@@ -504,7 +508,7 @@ def _summary(
     ]
     scored = [s for s in scored if s[1] is not None]
     if scored:
-        label, bleu4, cider = max(scored, key=lambda s: s[1])
+        label, bleu4, cider = max(scored, key=lambda s: (s[2] or 0.0, s[1]))  # CIDEr first
         text += (
             f" On the {results['split']} split ({results['n_images']} images) it scores "
             f"BLEU-4 {bleu4:.{DECIMALS}f}"
