@@ -55,7 +55,9 @@ def test_caption_matches_python_api(client, python_api, image_files):
 
 def test_caption_details_nbest_timings_and_model(client, python_api, image_files, app_server):
     path = image_files["good"][0]
-    details = client.predict(handle_file(path), "beam", 4, 3, api_name="/caption_details")
+    details = client.predict(
+        handle_file(path), decoding="beam", beam_size=4, num_captions=3, api_name="/caption_details"
+    )
     expected = python_api.caption(path, beam_size=4, num_captions=3)
     assert [c["text"] for c in details["captions"]] == [c.text for c in expected]
     scores = [c["score"] for c in details["captions"]]
@@ -68,7 +70,7 @@ def test_caption_details_nbest_timings_and_model(client, python_api, image_files
     assert model["is_demo_model"] is False and model["notice"] is None
     assert model["runtime"]
 
-    greedy = client.predict(handle_file(path), "greedy", 3, 1, api_name="/caption_details")
+    greedy = client.predict(handle_file(path), decoding="greedy", api_name="/caption_details")
     assert greedy["caption"] == python_api.caption(path, decoding="greedy")[0].text
     sampled = client.predict(
         handle_file(path), "sample", 3, 2, 5, 0.7, 0.9, 7, api_name="/caption_details"
