@@ -55,7 +55,15 @@ print(model.caption("image.jpg")[0].text)
 
 
 class ModelLoadError(ImcapError, RuntimeError):
-    """A model could not be found, downloaded or read."""
+    """A model could not be found, downloaded or read.
+
+    ``reason``: ``offline`` (the Hub cannot be reached and the files are not cached),
+    ``not_found``, ``revision``, ``unauthorized``, ``gated``, ``invalid`` or ``other``.
+    """
+
+    def __init__(self, message: str, reason: str = "invalid") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def _commit_from_path(path: str) -> str | None:
@@ -68,20 +76,26 @@ def _load_error(error: Exception, model_id: str, revision: str | None) -> ModelL
     if isinstance(error, (LocalEntryNotFoundError, OfflineModeIsEnabled)):
         return ModelLoadError(
             f"{model_id} is not in the local cache and the Hub cannot be reached "
-            "(offline, or local_files_only=True)"
+            "(offline, or local_files_only=True)",
+            "offline",
         )
     if isinstance(error, RevisionNotFoundError):
-        return ModelLoadError(f"{model_id} has no revision {revision!r}")
+        return ModelLoadError(f"{model_id} has no revision {revision!r}", "revision")
     if isinstance(error, GatedRepoError):
-        return ModelLoadError(f"{model_id} is gated: accept its terms on the Hub and pass a token")
+        return ModelLoadError(
+            f"{model_id} is gated: accept its terms on the Hub and pass a token", "gated"
+        )
     if isinstance(error, RepositoryNotFoundError):
         return ModelLoadError(
-            f"model {model_id!r} not found on the Hub (or it is private and no valid token was given)"
+            f"model {model_id!r} not found on the Hub (or it is private and no valid token was given)",
+            "not_found",
         )
     response = getattr(error, "response", None)
     if response is not None and response.status_code == 401:
-        return ModelLoadError(f"the Hub refused the token for {model_id} (401 Unauthorized)")
-    return ModelLoadError(f"could not download {model_id}: {error}")
+        return ModelLoadError(
+            f"the Hub refused the token for {model_id} (401 Unauthorized)", "unauthorized"
+        )
+    return ModelLoadError(f"could not download {model_id}: {error}", "other")
 
 
 class ImageCaptioner(

@@ -59,13 +59,15 @@ def test_local_files_only_uses_the_cache(pushed, tiny_captioner, tmp_path):
 
 
 def test_not_cached_and_offline_is_a_clear_error(pushed, tmp_path):
-    with pytest.raises(ModelLoadError, match="not in the local cache"):
+    with pytest.raises(ModelLoadError, match="not in the local cache") as info:
         ImageCaptioner.from_pretrained(pushed, cache_dir=tmp_path, local_files_only=True)
+    assert info.value.reason == "offline"
 
 
 def test_wrong_token_is_refused_with_a_clear_message(hub_server, tiny_captioner, pushed, tmp_path):
-    with pytest.raises(ModelLoadError, match="refused the token"):
+    with pytest.raises(ModelLoadError, match="refused the token") as info:
         ImageCaptioner.from_pretrained(pushed, cache_dir=tmp_path, token="hf_wrong")
+    assert info.value.reason == "unauthorized"
     from huggingface_hub.errors import HfHubHTTPError
 
     with pytest.raises(HfHubHTTPError) as info:
