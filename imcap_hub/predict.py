@@ -12,6 +12,7 @@ import numpy as np
 from .errors import ImcapError
 from .images import DEFAULT_LIMITS, ImageError, ImageInput, ImageLimits, load_image
 from .search import Hypothesis, beam_search, greedy, sample
+from .vocab import join_words
 
 if TYPE_CHECKING:
     from .model import ImageCaptioner
@@ -137,7 +138,7 @@ def _search(
 
 def _to_caption(model: ImageCaptioner, hyp: Hypothesis) -> Caption:
     words = [model.vocab.tokens[i] for i in hyp.token_ids]
-    return Caption(" ".join(words), round(hyp.score, 6), round(hyp.logprob, 6), words)
+    return Caption(join_words(words), round(hyp.score, 6), round(hyp.logprob, 6), words)
 
 
 def predict_many(

@@ -18,6 +18,11 @@ VOCAB_FORMAT_VERSION = 1
 
 _NON_WORD = re.compile(r"[^a-z0-9' ]+")
 _EDGE_APOSTROPHES = re.compile(r"(^'+|'+$)")
+# Clitics are tokens of their own, as in the PTB tokenisation Flickr8k ships ("dog 's", "do n't"):
+# one "dog" to learn instead of "dog" and "dog's". decode() glues them back on.
+CLITICS = frozenset({"'s", "'re", "'ll", "'ve", "'d", "'m", "n't"})
+_CLITIC = re.compile(r"^(.+?)('(?:s|re|ll|ve|d|m)|n't)$")
+_SPLIT_CLITIC = re.compile(r"\s+('(?:s|re|ll|ve|d|m)|n't)\b")
 
 
 class VocabularyError(ImcapError, ValueError):
@@ -32,9 +37,22 @@ def normalize_caption(text: str) -> list[str]:
     text = unicodedata.normalize("NFKD", text)
     text = "".join(ch for ch in text if not unicodedata.combining(ch)).lower()
     text = text.replace("\u2019", "'")
+    text = _SPLIT_CLITIC.sub(r"\1", text)
     text = _NON_WORD.sub(" ", text)
-    words = (_EDGE_APOSTROPHES.sub("", w) for w in text.split())
-    return [w for w in words if w]
+    words = []
+    for word in text.split():
+        word = _EDGE_APOSTROPHES.sub("", word)
+        match = _CLITIC.match(word)
+        words.extend(match.groups() if match else (word,) if word else ())
+    return words
+
+
+def join_words(words: Sequence[str]) -> str:
+    """Words -> text, with clitics ("'s", "n't") attached to the word before them."""
+    text = ""
+    for word in words:
+        text += word if text and word in CLITICS else f" {word}"
+    return text.strip()
 
 
 @dataclass(frozen=True)
@@ -98,7 +116,7 @@ class Vocabulary:
             if i in (self.pad_id, self.start_id):
                 continue
             words.append(self.tokens[i] if 0 <= i < len(self.tokens) else UNK)
-        return " ".join(words)
+        return join_words(words)
 
     def to_dict(self) -> dict:
         return {

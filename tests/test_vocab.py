@@ -9,9 +9,14 @@ from imcap_hub.vocab import SPECIALS, VocabularyError
     [
         ("A dog runs through the grass.", ["a", "dog", "runs", "through", "the", "grass"]),
         ("  Two  children, playing!  ", ["two", "children", "playing"]),
-        ("A café's owner", ["a", "cafe's", "owner"]),
-        ("The dog's ball 'bounces'", ["the", "dog's", "ball", "bounces"]),
+        ("A café's owner", ["a", "cafe", "'s", "owner"]),
+        ("The dog's ball 'bounces'", ["the", "dog", "'s", "ball", "bounces"]),
         ("3 men-on a bench", ["3", "men", "on", "a", "bench"]),
+        (
+            "A horse 's tail , they do n't care .",
+            ["a", "horse", "'s", "tail", "they", "do", "n't", "care"],
+        ),
+        ("they don't", ["they", "do", "n't"]),
         ("", []),
     ],
 )
@@ -24,6 +29,14 @@ def test_build_orders_by_frequency_and_applies_min_count_and_max_size():
     vocab = Vocabulary.build(captions, min_count=2)
     assert vocab.tokens == (*SPECIALS, "a", "dog", "sits")
     assert len(Vocabulary.build(captions, max_size=6)) == 6
+
+
+def test_decode_attaches_clitics():
+    vocab = Vocabulary.build(["the dog's ball, they don't care"])
+    assert (
+        vocab.decode(vocab.encode("The dog 's ball ; they do n't care"))
+        == "the dog's ball they don't care"
+    )
 
 
 def test_encode_decode_and_unknown_words():
