@@ -632,7 +632,7 @@ def launch_kwargs(**overrides: Any) -> dict[str, Any]:
         "theme": THEME,
         "css": CSS,
         "ssr_mode": False,
-        "show_error": True,
+        "show_error": False,  # gr.Error messages still show; anything else stays generic
         "footer_links": ["api", "gradio"],
         "mcp_server": mcp_available(),
     }
