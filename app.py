@@ -107,21 +107,9 @@ class LoadedModel:
     warmup_seconds: float = 0.0
 
 
-def _hub_unreachable(error: BaseException) -> bool:
-    """Whether a load failed only because the Hub could not be reached and nothing was cached.
-
-    imcap_hub raises ModelLoadError ``from None``; the original huggingface_hub error is still
-    the exception's context. Matched by name: app.py imports imcap_hub and gradio only.
-    """
-    seen = set()
-    node: BaseException | None = error
-    while node is not None and id(node) not in seen:
-        seen.add(id(node))
-        names = {cls.__name__ for cls in type(node).__mro__}
-        if names & {"LocalEntryNotFoundError", "OfflineModeIsEnabled", "ConnectionError"}:
-            return True
-        node = node.__cause__ or node.__context__
-    return False
+def _hub_unreachable(error: ModelLoadError) -> bool:
+    """Whether a load failed only because the Hub could not be reached and nothing was cached."""
+    return getattr(error, "reason", None) == "offline"
 
 
 def _load_demo(runtime: str) -> ImageCaptioner:

@@ -15,7 +15,7 @@ from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 
 import app
-from imcap_hub import ImageCaptioner, ModelLoadError
+from imcap_hub import ImageCaptioner
 from imcap_hub.demo import DEMO_MODEL_DIR, demo_model_available
 
 EXAMPLES = Path(app.__file__).parent / "examples"
@@ -212,18 +212,6 @@ def test_mcp_server_lists_and_calls_the_tools(app_server, image_files, python_ap
 # --- model sources ------------------------------------------------------------------------------
 
 
-def _unreachable(*args, **kwargs):
-    """What imcap_hub raises when the Hub cannot be reached and nothing is cached."""
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    try:
-        raise LocalEntryNotFoundError("cannot reach the Hub")
-    except LocalEntryNotFoundError:
-        raise ModelLoadError(
-            "someone/imcap is not in the local cache and the Hub cannot be reached"
-        ) from None
-
-
 def _demo_is(monkeypatch, folder):
     monkeypatch.setattr(app, "DEMO_MODEL_DIR", Path(folder) if folder else Path("/nonexistent"))
     monkeypatch.setattr(app, "demo_model_available", lambda: folder is not None)
@@ -244,19 +232,19 @@ def test_nothing_configured_serves_the_demo_model_and_says_so(monkeypatch, tiny_
     assert notices and "demo model" in notices[0]
 
 
-def test_unreachable_hub_falls_back_to_the_demo_model(monkeypatch, tiny_model_dir):
+def test_unreachable_hub_falls_back_to_the_demo_model(monkeypatch, tiny_model_dir, hub_server):
+    """Offline (as huggingface_hub sees it) and not cached: the demo model, with a notice."""
+    from huggingface_hub import constants
+
     _demo_is(monkeypatch, tiny_model_dir)
-    real = ImageCaptioner.from_pretrained.__func__
-
-    def fake(cls, name, **kwargs):
-        if str(name) == "someone/imcap":
-            _unreachable()
-        return real(cls, name, **kwargs)
-
-    monkeypatch.setattr(ImageCaptioner, "from_pretrained", classmethod(fake))
-    loaded = app.load_model("someone/imcap", warmup=False)
-    assert loaded.is_demo and "someone/imcap" in loaded.notice and "Hub" in loaded.notice
-    assert app.model_info(loaded)["requested_model"] == "someone/imcap"
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    repo_id = hub_server.new_repo_id("never-cached")
+    loaded = app.load_model(repo_id, warmup=False)
+    assert (
+        loaded.is_demo and repo_id in loaded.notice and "Hub could not be reached" in loaded.notice
+    )
+    info = app.model_info(loaded)
+    assert info["requested_model"] == repo_id and info["is_demo_model"]
 
 
 def test_no_demo_model_and_nothing_configured_fails_clearly(monkeypatch):
