@@ -132,6 +132,7 @@ def training_info(config: RunConfig) -> dict[str, Any]:
             "stopped_early": tr.get("stopped_early"),
             "batch_size": t.batch_size,
             "learning_rate": t.learning_rate,
+            "lr_schedule": t.lr_schedule,
             "clipnorm": t.clipnorm,
             "patience": t.patience,
             "train_encoder": t.train_encoder,

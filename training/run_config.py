@@ -25,6 +25,7 @@ from imcap_hub.config import CaptionerConfig, ConfigError, DecoderConfig, Encode
 LAYOUTS = ("auto", "flickr8k", "captions_txt", "coco", "imagefolder")
 SPLITS = ("train", "val", "test")
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")
+LR_SCHEDULES = ("constant", "cosine")
 RUNTIMES = ("auto", "keras", "openvino", "onnxruntime")
 _DECODING = re.compile(r"^(greedy|beam-([1-9][0-9]?))$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -133,12 +134,14 @@ class TrainingSection:
     stop early); the best epoch's weights are kept either way. ``strategy``: ``auto``
     (MirroredStrategy when there are several GPUs), ``default`` (one device), ``mirrored``
     (all GPUs, or ``devices``), ``multiworker`` (MultiWorkerMirroredStrategy from
-    ``TF_CONFIG``).
+    ``TF_CONFIG``). ``lr_schedule``: ``constant``, or ``cosine`` (decays to 1% of
+    ``learning_rate`` over ``epochs``).
     """
 
     epochs: int = 20
     batch_size: int = 64
     learning_rate: float = 1e-3
+    lr_schedule: str = "constant"
     clipnorm: float | None = 5.0
     patience: int = 3
     min_delta: float = 0.0
@@ -152,6 +155,7 @@ class TrainingSection:
         _positive(self.batch_size, "training.batch_size")
         if not self.learning_rate > 0:
             raise RunConfigError("training.learning_rate must be > 0")
+        _choice(self.lr_schedule, LR_SCHEDULES, "training.lr_schedule")
         if self.clipnorm is not None and not self.clipnorm > 0:
             raise RunConfigError("training.clipnorm must be > 0 or null")
         if self.patience < 0:

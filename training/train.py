@@ -174,8 +174,9 @@ def describe_strategy(strategy) -> dict[str, Any]:
         devices = strategy.extended.worker_devices
     except (AttributeError, RuntimeError):  # the default strategy has none
         devices = None
+    name = type(strategy).__name__
     return {
-        "name": type(strategy).__name__,
+        "name": "default (one device)" if name.startswith("_Default") else name,
         "replicas": int(strategy.num_replicas_in_sync),
         "devices": [str(d) for d in devices] if devices else [],
     }
@@ -318,10 +319,15 @@ def build_models(config: CaptionerConfig, seed: int, train_encoder: bool, encode
     return keras.Model([images, tokens], logits, name="imcap_end_to_end"), decoder, encoder
 
 
-def _compile(model, settings) -> None:
+def _compile(model, settings, total_steps: int = 1) -> None:
     import keras
 
-    kwargs = {"learning_rate": settings.learning_rate}
+    learning_rate = settings.learning_rate
+    if settings.lr_schedule == "cosine":
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            settings.learning_rate, decay_steps=max(1, total_steps), alpha=0.01
+        )
+    kwargs = {"learning_rate": learning_rate}
     if settings.clipnorm is not None:
         kwargs["clipnorm"] = settings.clipnorm
     model.compile(
@@ -487,6 +493,9 @@ def _run_key(config: CaptionerConfig, settings, seed: int, data: TrainData) -> s
         "batch_size": settings.batch_size,
         "learning_rate": settings.learning_rate,
         "clipnorm": settings.clipnorm,
+        "lr_schedule": settings.lr_schedule,
+        # A cosine schedule spans every epoch: more epochs is another schedule.
+        "epochs": settings.epochs if settings.lr_schedule != "constant" else None,
         "train_encoder": settings.train_encoder,
         "data": data.fingerprint(),
     }
@@ -519,8 +528,6 @@ def fit(
     import keras
     import tensorflow as tf
 
-    from imcap_hub.decoder import load_weights
-
     start = time.perf_counter()
     checkpoints = Path(checkpoints)
     if len(data.train) == 0:
@@ -540,13 +547,75 @@ def fit(
     monitor = "val_loss" if data.val is not None and len(data.val) else "loss"
 
     keras.utils.set_random_seed(seed)
+    restore_determinism = settings.deterministic and not _op_determinism()
     if settings.deterministic:
         tf.config.experimental.enable_op_determinism()
+    try:
+        return _fit(
+            config=config,
+            data=data,
+            checkpoints=checkpoints,
+            settings=settings,
+            seed=seed,
+            encoder_init=encoder_init,
+            callbacks=callbacks,
+            verbose=verbose,
+            log=log,
+            strategy=strategy,
+            state=state,
+            run_key=run_key,
+            monitor=monitor,
+            start=start,
+        )
+    finally:
+        if restore_determinism:  # leave the process as we found it (tests, notebooks)
+            _set_op_determinism(False)
+
+
+def _op_determinism() -> bool:
+    try:
+        from tensorflow.python.framework import config as tf_config
+
+        return bool(tf_config.is_op_determinism_enabled())
+    except (ImportError, AttributeError):
+        return True  # cannot tell: do not try to undo it
+
+
+def _set_op_determinism(enabled: bool) -> None:
+    try:
+        from tensorflow.python.framework import config as tf_config
+
+        if not enabled:
+            tf_config.disable_op_determinism()
+    except (ImportError, AttributeError):
+        pass
+
+
+def _fit(
+    *,
+    config,
+    data,
+    checkpoints,
+    settings,
+    seed,
+    encoder_init,
+    callbacks,
+    verbose,
+    log,
+    strategy,
+    state,
+    run_key,
+    monitor,
+    start,
+) -> TrainResult:
+    from imcap_hub.decoder import load_weights
+
     if strategy is None:
         strategy = make_strategy(settings.strategy, settings.devices)
+    steps = math.ceil(len(epoch_order(data, seed, 0)) / settings.batch_size)
     with strategy.scope():
         model, decoder, encoder = build_models(config, seed, settings.train_encoder, encoder_init)
-        _compile(model, settings)
+        _compile(model, settings, total_steps=steps * settings.epochs)
         initial_epoch = 0
         if state is not None:
             initial_epoch = int(state["epoch"])
@@ -571,7 +640,6 @@ def fit(
     epochs = settings.epochs
     if initial_epoch < epochs and not state["stopped_early"]:
         orders = [epoch_order(data, seed, e) for e in range(initial_epoch, epochs)]
-        steps = math.ceil(len(orders[0]) / settings.batch_size)
         train_ds = make_dataset(
             data,
             data.train,
