@@ -181,8 +181,27 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 
 @pytest.fixture(scope="session")
-def app_server(tiny_model_dir):
-    """app.py's Blocks serving ``tiny_model_dir`` on a free 127.0.0.1 port for the session.
+def app_model_dir(tiny_model_dir, tmp_path_factory):
+    """``tiny_model_dir`` whose decoder never ends a caption early: an untrained model may put
+    ``<end>`` first and caption everything ``""``, and the app tests must see words."""
+    from safetensors.numpy import load_file, save_file
+
+    from imcap_hub import Vocabulary
+
+    path = tmp_path_factory.mktemp("app-model")
+    for f in tiny_model_dir.iterdir():
+        shutil.copy(f, path / f.name)
+    weights = load_file(str(path / "model.safetensors"))
+    end_id = Vocabulary.load(path / "vocab.json").end_id
+    weights["logits/bias"] = weights["logits/bias"].copy()
+    weights["logits/bias"][end_id] -= 50.0
+    save_file(weights, str(path / "model.safetensors"))
+    return path
+
+
+@pytest.fixture(scope="session")
+def app_server(app_model_dir):
+    """app.py's Blocks serving ``app_model_dir`` on a free 127.0.0.1 port for the session.
 
     ``.url``, ``.demo`` (the Blocks), ``.loaded`` (app.LoadedModel), ``.service``
     (app.Captioner: ``.batch_sizes``, ``._lock``), ``.client()`` (a new gradio_client.Client).
@@ -191,7 +210,7 @@ def app_server(tiny_model_dir):
 
     import app
 
-    loaded = app.load_model(str(tiny_model_dir))
+    loaded = app.load_model(str(app_model_dir))
     demo = app.build_app(loaded, max_batch_size=8)
     _, url, _ = demo.launch(
         server_name="127.0.0.1",

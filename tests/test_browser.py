@@ -93,8 +93,8 @@ def _upload(page, path: Path) -> None:
     page.locator("#input-image img").first.wait_for(state="visible")
 
 
-def test_upload_click_and_read_the_caption(page, app_server, image_files, tiny_model_dir):
-    expected = ImageCaptioner.from_pretrained(tiny_model_dir).caption(image_files["good"][0])
+def test_upload_click_and_read_the_caption(page, app_server, image_files, app_model_dir):
+    expected = ImageCaptioner.from_pretrained(app_model_dir).caption(image_files["good"][0])
     page.goto(app_server.url, wait_until="networkidle")
     assert "imcap" in page.title()
     assert page.locator("#model-panel").inner_text().count("Revision") == 1
