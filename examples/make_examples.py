@@ -1,7 +1,7 @@
 """Draw the app's example images: synthetic shapes (training/synthetic.py) that the demo model
 captions correctly.
 
-    python examples/make_examples.py [--config imcap_hub/demo_model/synthetic.json]
+    python examples/make_examples.py [--config training/demo.json]
 
 Images come from a seed the demo model was not trained on. With the demo model present, only
 images it captions exactly right (its canonical caption, beam search width 3) are kept.
@@ -21,12 +21,18 @@ sys.path.insert(0, str(HERE.parent))
 
 from training.synthetic import SyntheticConfig, generate  # noqa: E402
 
+DEMO_RUN_CONFIG = HERE.parent / "training" / "demo.json"
 SEED = 20261123  # not a training seed: the examples are images the model has not seen
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", type=Path, help="a SyntheticConfig JSON (the demo model's data)")
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=DEMO_RUN_CONFIG if DEMO_RUN_CONFIG.exists() else None,
+        help="the demo model's run config (its dataset.synthetic) or a SyntheticConfig JSON",
+    )
     p.add_argument("--count", type=int, default=4, help="how many examples")
     p.add_argument("--out", type=Path, default=HERE)
     args = p.parse_args(argv)
@@ -34,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     config = SyntheticConfig(image_format="png")
     if args.config:
         data = json.loads(args.config.read_text())
-        data = data.get("config", data)
+        data = data.get("dataset", {}).get("synthetic", data)
         config = SyntheticConfig.from_dict(data)
     config = replace(config, n_images=200, seed=SEED, image_format="png")
 
@@ -53,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         k = len(item.shapes)
         if seen_counts.get(k, 0) >= max(1, args.count // config.max_shapes + 1):
             continue  # a mix of one, two, three shapes
+        colours = frozenset(s.colour for s in item.shapes)
+        if any(colours <= frozenset(s.colour for s in c.shapes) for c in chosen):
+            continue  # variety: every example brings a colour the others lack
         if model is not None and model.caption(item.image)[0].text != item.captions[0]:
             continue
         chosen.append(item)
