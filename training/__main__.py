@@ -121,7 +121,7 @@ def training_info(config: RunConfig) -> dict[str, Any]:
         dataset["synthetic_config"] = ds.synthetic
     t = config.training
     return {
-        "name": config.name,
+        "name": config.publish.model_name or config.name,
         "dataset": dataset,
         "splits": prep.get("splits"),
         "vocabulary": prep.get("vocab"),

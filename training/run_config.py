@@ -191,12 +191,14 @@ class EvaluationSection:
 @dataclass
 class PublishSection:
     """The model folder (``out_dir``, default ``<run>/model``) and, with ``repo_id``, the Hub
-    repo it is pushed to. The token is never stored here: pass ``--token`` or set
+    repo it is pushed to; ``model_name`` titles the model card when there is no repo id
+    (default: the run name). The token is never stored here: pass ``--token`` or set
     ``HF_TOKEN`` (or log in with ``hf auth login``)."""
 
     out_dir: str | None = None
     repo_id: str | None = None
     private: bool | None = None
+    model_name: str | None = None
 
 
 @dataclass
