@@ -534,6 +534,11 @@ def fit(
         raise TrainingError("no training captions (is the train split empty?)")
     if settings.train_encoder and encoder_init is None:
         raise TrainingError("train_encoder needs an encoder to start from")
+    if strategy is None:  # first: MultiWorkerMirroredStrategy wants to come before other TF work
+        strategy = make_strategy(settings.strategy, settings.devices)
+    chief, worker = is_chief(strategy)
+    if not chief:  # every worker keeps its own (identical) checkpoints; the chief owns the run
+        checkpoints = checkpoints.with_name(f"{checkpoints.name}.{worker}")
     run_key = _run_key(config, settings, seed, data)
     state = read_state(checkpoints) if resume else None
     if state is not None and state.get("run_key") != run_key:
@@ -591,6 +596,19 @@ def _set_op_determinism(enabled: bool) -> None:
         pass
 
 
+def is_chief(strategy) -> tuple[bool, str]:
+    """(whether this process writes the run's files, its task name). Multi-worker training
+    follows TensorFlow's convention: the ``chief`` task, else worker 0."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    task_type = getattr(resolver, "task_type", None)
+    task_id = getattr(resolver, "task_id", None)
+    if resolver is None or task_type is None:
+        return True, "chief"
+    jobs = set(resolver.cluster_spec().jobs)
+    chief = task_type == "chief" or (task_type == "worker" and task_id == 0 and "chief" not in jobs)
+    return chief, f"{task_type}-{task_id}"
+
+
 def _fit(
     *,
     config,
@@ -610,8 +628,6 @@ def _fit(
 ) -> TrainResult:
     from imcap_hub.decoder import load_weights
 
-    if strategy is None:
-        strategy = make_strategy(settings.strategy, settings.devices)
     steps = math.ceil(len(epoch_order(data, seed, 0)) / settings.batch_size)
     with strategy.scope():
         model, decoder, encoder = build_models(config, seed, settings.train_encoder, encoder_init)
@@ -691,7 +707,7 @@ def _fit(
         total_seconds=float(state["elapsed_seconds"]),
         epoch_seconds=list(state["epoch_seconds"]),
         resumed_from=resumed_from,
-        strategy=describe_strategy(strategy),
+        strategy={**describe_strategy(strategy), "chief": is_chief(strategy)[0]},
     )
 
 
@@ -784,6 +800,9 @@ def train_stage(
         log=log,
         strategy=strategy,
     )
+    if not result.strategy.get("chief", True):
+        log("not the chief worker: the chief writes the trained model")
+        return {**result.info(), "data": data_stats, "seed": config.seed}
     final_config = replace(model_config, encoder=published_encoder)
     if settings.train_encoder:
         encoder = Encoder(
