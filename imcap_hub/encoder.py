@@ -71,14 +71,25 @@ def runtime_available(runtime: str) -> bool:
 # --- the Keras models -------------------------------------------------------------------------
 
 
-def _tiny_resnet(config: EncoderConfig):
+def _tiny_resnet(config: EncoderConfig, seed: int | None = None):
     """A small ResNet-style network (stem, residual stages, global pooling)."""
     import keras
     from keras import layers
 
+    seeds = iter(range(10**6))
+
+    def init():  # one seeded initialiser per conv: the same seed builds the same network
+        return keras.initializers.HeNormal(seed=None if seed is None else seed + next(seeds))
+
     inputs = keras.Input((config.image_size, config.image_size, 3), name="image")
     x = layers.Conv2D(
-        config.widths[0], 3, strides=2, padding="same", use_bias=False, name="stem_conv"
+        config.widths[0],
+        3,
+        strides=2,
+        padding="same",
+        use_bias=False,
+        kernel_initializer=init(),
+        name="stem_conv",
     )(inputs)
     x = layers.BatchNormalization(name="stem_bn")(x)
     x = layers.Activation("relu", name="stem_relu")(x)
@@ -89,15 +100,33 @@ def _tiny_resnet(config: EncoderConfig):
             shortcut = x
             if stride != 1 or x.shape[-1] != width:
                 shortcut = layers.Conv2D(
-                    width, 1, strides=stride, use_bias=False, name=f"{name}_proj"
+                    width,
+                    1,
+                    strides=stride,
+                    use_bias=False,
+                    kernel_initializer=init(),
+                    name=f"{name}_proj",
                 )(x)
                 shortcut = layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
             y = layers.Conv2D(
-                width, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv1"
+                width,
+                3,
+                strides=stride,
+                padding="same",
+                use_bias=False,
+                kernel_initializer=init(),
+                name=f"{name}_conv1",
             )(x)
             y = layers.BatchNormalization(name=f"{name}_bn1")(y)
             y = layers.Activation("relu", name=f"{name}_relu1")(y)
-            y = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"{name}_conv2")(y)
+            y = layers.Conv2D(
+                width,
+                3,
+                padding="same",
+                use_bias=False,
+                kernel_initializer=init(),
+                name=f"{name}_conv2",
+            )(y)
             y = layers.BatchNormalization(name=f"{name}_bn2")(y)
             x = layers.Activation("relu", name=f"{name}_out")(
                 layers.Add(name=f"{name}_add")([shortcut, y])
@@ -107,8 +136,12 @@ def _tiny_resnet(config: EncoderConfig):
     return keras.Model(inputs, x, name="tiny_resnet")
 
 
-def build_keras_encoder(config: EncoderConfig, weights_file: str | os.PathLike | None = None):
+def build_keras_encoder(
+    config: EncoderConfig, weights_file: str | os.PathLike | None = None, seed: int | None = None
+):
     """Build the Keras encoder from ``config``.
+
+    ``seed`` makes a freshly initialised tiny_resnet reproducible (ResNet50 random init is not).
 
     ``weights_file``: for ResNet50, a local Keras weights file (``.h5``) used instead of the
     ImageNet download; for ``weights="repo"``, the ``encoder.safetensors`` to load.
@@ -135,7 +168,7 @@ def build_keras_encoder(config: EncoderConfig, weights_file: str | os.PathLike |
                 "(resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5) as encoder_weights=."
             ) from None
     else:
-        model = _tiny_resnet(config)
+        model = _tiny_resnet(config, seed)
     if config.weights == "repo":
         if weights_file is None:
             raise EncoderError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,7 +109,13 @@ def _decode_bytes(data: bytes, what: str, limits: ImageLimits) -> np.ndarray:
         except UnidentifiedImageError:
             raise ImageError(f"{what}: not an image (unrecognised format)") from None
         except Image.DecompressionBombError as e:
-            raise ImageError(f"{what}: image is too large to decode safely ({e})") from None
+            # PIL refuses before we see the size; its message carries the pixel count.
+            found = re.search(r"\((\d+) pixels\)", str(e))
+            size = f"{int(found.group(1)) / 1e6:.0f} megapixels" if found else "too many pixels"
+            raise ImageError(
+                f"{what}: image is too large ({size}, over the "
+                f"{limits.max_pixels / 1e6:.0f} megapixel limit)"
+            ) from None
         except (OSError, SyntaxError, ValueError) as e:
             raise ImageError(f"{what}: cannot read the image ({e})") from None
         with img:

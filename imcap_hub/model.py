@@ -157,7 +157,9 @@ class ImageCaptioner(
             and model_config.encoder.weights == "repo"
         ):
             # Untrained: random init now; training fills it and save_pretrained writes it.
-            encoder_model = build_keras_encoder(replace(model_config.encoder, weights="random"))
+            encoder_model = build_keras_encoder(
+                replace(model_config.encoder, weights="random"), seed=seed
+            )
         encoder = Encoder(
             model_config.encoder,
             weights_file=encoder_weights,

@@ -254,3 +254,13 @@ def test_stock_resnet50_loads_weights_from_a_local_keras_file(tmp_path, tiny_voc
         tmp_path / "saved", encoder_weights=weights_file, runtime="keras"
     )
     assert _captions(loaded) == _captions(model)
+
+
+def test_from_config_is_reproducible_with_a_seed(tiny_vocab):
+    first, again, other = (
+        ImageCaptioner.from_config(tiny_config(), tiny_vocab, seed=s, runtime="keras")
+        for s in (5, 5, 6)
+    )
+    batch = preprocess(IMAGES, first.config.encoder)
+    np.testing.assert_array_equal(first.encoder.run(batch), again.encoder.run(batch))
+    assert not np.array_equal(first.encoder.run(batch), other.encoder.run(batch))
