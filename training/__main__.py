@@ -310,8 +310,16 @@ def _parser() -> argparse.ArgumentParser:
             help="change one setting, e.g. --set training.epochs=5 (repeatable)",
         )
         bar = p.add_mutually_exclusive_group()
-        bar.add_argument("--progress", dest="progress", action="store_true", default=None)
-        bar.add_argument("--no-progress", dest="progress", action="store_false")
+        bar.add_argument(
+            "--progress",
+            dest="progress",
+            action="store_true",
+            default=None,
+            help="show progress bars (default: when stderr is a terminal)",
+        )
+        bar.add_argument(
+            "--no-progress", dest="progress", action="store_false", help="no progress bars"
+        )
         return p
 
     add("prepare", "read the dataset, build the vocabulary, cache encoder features")
