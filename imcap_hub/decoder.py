@@ -19,7 +19,8 @@ import numpy as np
 from .config import CaptionerConfig
 from .errors import ImcapError
 
-State = tuple[np.ndarray, np.ndarray]
+# (h, c, h @ recurrent_kernel): the last is carried so each step needs one matmul.
+State = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 # Weight names in model.safetensors; stable across Keras versions (we never store Keras paths).
 WEIGHT_NAMES = (
@@ -199,18 +200,21 @@ class StepDecoder:
         self.input_table = self.embeddings @ w["lstm/kernel"] + w["lstm/bias"]
         self.recurrent = w["lstm/recurrent_kernel"]
         self.out_kernel, self.out_bias = w["logits/kernel"], w["logits/bias"]
+        # h feeds both the output layer and the next step's recurrence: one matmul for both.
+        self.fused = np.ascontiguousarray(np.concatenate([self.out_kernel, self.recurrent], axis=1))
+        self.vocab_size = self.out_kernel.shape[1]
 
     def init_state(self, features: np.ndarray) -> State:
-        """Features (N, F) -> (h0, c0), each (N, units)."""
+        """Features (N, F) -> (h0, c0, h0 @ recurrent_kernel), each with N rows."""
         features = np.asarray(features, dtype=np.float32)
-        h = np.tanh(features @ self.init_h[0] + self.init_h[1])
-        c = features @ self.init_c[0] + self.init_c[1]
-        return h.astype(np.float32), c.astype(np.float32)
+        h = np.tanh(features @ self.init_h[0] + self.init_h[1]).astype(np.float32)
+        c = (features @ self.init_c[0] + self.init_c[1]).astype(np.float32)
+        return h, c, h @ self.recurrent
 
     def step_logits(self, tokens: np.ndarray, state: State) -> tuple[np.ndarray, State]:
         """Tokens (N,) and state -> logits (N, V) for the next token, and the new state."""
-        h, c = state
-        z = self.input_table[tokens] + h @ self.recurrent
+        _, c, h_recurrent = state
+        z = self.input_table[tokens] + h_recurrent
         u = self.units
         i = _sigmoid(z[:, :u])
         f = _sigmoid(z[:, u : 2 * u])
@@ -218,7 +222,8 @@ class StepDecoder:
         o = _sigmoid(z[:, 3 * u :])
         c = f * c + i * g
         h = o * np.tanh(c)
-        return h @ self.out_kernel + self.out_bias, (h, c)
+        out = h @ self.fused
+        return out[:, : self.vocab_size] + self.out_bias, (h, c, out[:, self.vocab_size :])
 
     def step(self, tokens: np.ndarray, state: State) -> tuple[np.ndarray, State]:
         """Like ``step_logits`` but returns log-probabilities."""

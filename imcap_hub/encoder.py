@@ -277,7 +277,13 @@ def _openvino_callable(xml: Path, bf16: bool) -> Callable[[np.ndarray], np.ndarr
 def _onnx_callable(path: Path) -> Callable[[np.ndarray], np.ndarray]:
     import onnxruntime as ort
 
-    session = ort.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    # Idle worker threads would otherwise spin after each run, taking the CPU from whatever runs
+    # next (the decoder, another request, another runtime) on a 2-vCPU machine.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(
+        os.fspath(path), sess_options=options, providers=["CPUExecutionProvider"]
+    )
     name = session.get_inputs()[0].name
     return lambda batch: session.run(None, {name: np.ascontiguousarray(batch)})[0]
 
