@@ -79,7 +79,9 @@ def _tiny_resnet(config: EncoderConfig, seed: int | None = None):
     seeds = iter(range(10**6))
 
     def init():  # one seeded initialiser per conv: the same seed builds the same network
-        return keras.initializers.HeNormal(seed=None if seed is None else seed + next(seeds))
+        if seed is None:  # Keras' default, drawn from the global seed (training sets it)
+            return "glorot_uniform"
+        return keras.initializers.GlorotUniform(seed=seed + next(seeds))
 
     inputs = keras.Input((config.image_size, config.image_size, 3), name="image")
     x = layers.Conv2D(
