@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -463,6 +463,3 @@ class Encoder:
     def encode(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """RGB uint8 images -> features, shape ``(len(images), *config.feature_shape)``."""
         return self.run(preprocess(images, self.config))
-
-    def weights_dict(self) -> Mapping[str, np.ndarray]:
-        return keras_weights(self.keras_model)
