@@ -152,6 +152,53 @@ def _to_caption(model: ImageCaptioner, hyp: Hypothesis) -> Caption:
     return Caption(join_words(words), round(hyp.score, 6), round(hyp.logprob, 6), words)
 
 
+def predict_decodings(
+    model: ImageCaptioner,
+    images: Sequence[ImageInput],
+    options: Sequence[DecodeOptions],
+    limits: ImageLimits = DEFAULT_LIMITS,
+) -> list[list[Prediction]]:
+    """Caption images once per set of options, encoding them only once.
+
+    Returns one list of predictions per entry of ``options``, in image order. A bad image gets
+    ``error`` set, not raised.
+    """
+    for opts in options:
+        opts.validate(model.config.decoder.max_length)
+    results = [[Prediction() for _ in images] for _ in options]
+    decoded: list[np.ndarray] = []
+    good: list[int] = []
+    for i, image in enumerate(images):
+        start = time.perf_counter()
+        error = None
+        try:
+            decoded.append(load_image(image, limits))
+            good.append(i)
+        except ImcapError as e:
+            error = str(e)
+        load_ms = (time.perf_counter() - start) * 1e3
+        for per_option in results:
+            per_option[i].error = error
+            per_option[i].timings_ms["load"] = load_ms
+    if not good:
+        return results
+    start = time.perf_counter()
+    features = model.encoder.encode(decoded)
+    encode_ms = (time.perf_counter() - start) * 1e3
+    for opts, per_option in zip(options, results):
+        for row, i in enumerate(good):
+            start = time.perf_counter()
+            with _single_threaded_blas():
+                hyps = _search(model, features[row], opts)
+            per_option[i].captions = [_to_caption(model, h) for h in hyps]
+            timings = per_option[i].timings_ms
+            timings["encode"] = encode_ms / len(good)
+            timings["decode"] = (time.perf_counter() - start) * 1e3
+            timings["total"] = timings["load"] + timings["encode"] + timings["decode"]
+            timings["batch_size"] = len(good)
+    return results
+
+
 def predict_many(
     model: ImageCaptioner,
     images: Sequence[ImageInput],
@@ -159,35 +206,7 @@ def predict_many(
     limits: ImageLimits = DEFAULT_LIMITS,
 ) -> list[Prediction]:
     """Caption several images with one encoder call. A bad image gets ``error`` set, not raised."""
-    options = options or DecodeOptions()
-    options.validate(model.config.decoder.max_length)
-    results = [Prediction() for _ in images]
-    decoded: list[np.ndarray] = []
-    good: list[int] = []
-    for i, image in enumerate(images):
-        start = time.perf_counter()
-        try:
-            decoded.append(load_image(image, limits))
-            good.append(i)
-        except ImcapError as e:
-            results[i].error = str(e)
-        results[i].timings_ms["load"] = (time.perf_counter() - start) * 1e3
-    if not good:
-        return results
-    start = time.perf_counter()
-    features = model.encoder.encode(decoded)
-    encode_ms = (time.perf_counter() - start) * 1e3
-    for row, i in enumerate(good):
-        start = time.perf_counter()
-        with _single_threaded_blas():
-            hyps = _search(model, features[row], options)
-        results[i].captions = [_to_caption(model, h) for h in hyps]
-        timings = results[i].timings_ms
-        timings["encode"] = encode_ms / len(good)
-        timings["decode"] = (time.perf_counter() - start) * 1e3
-        timings["total"] = timings["load"] + timings["encode"] + timings["decode"]
-        timings["batch_size"] = len(good)
-    return results
+    return predict_decodings(model, images, [options or DecodeOptions()], limits)[0]
 
 
 def predict(

@@ -264,3 +264,19 @@ def test_from_config_is_reproducible_with_a_seed(tiny_vocab):
     batch = preprocess(IMAGES, first.config.encoder)
     np.testing.assert_array_equal(first.encoder.run(batch), again.encoder.run(batch))
     assert not np.array_equal(first.encoder.run(batch), other.encoder.run(batch))
+
+
+def test_predict_decodings_encodes_once_and_matches_predict_many(tiny_captioner, monkeypatch):
+    from imcap_hub.predict import predict_decodings
+
+    options = [DecodeOptions(decoding="greedy"), DecodeOptions(beam_size=3, num_captions=2)]
+    expected = [predict_many(tiny_captioner, IMAGES, o) for o in options]
+    calls = []
+    encode = tiny_captioner.encoder.encode
+    monkeypatch.setattr(
+        tiny_captioner.encoder, "encode", lambda imgs: calls.append(1) or encode(imgs)
+    )
+    got = predict_decodings(tiny_captioner, IMAGES, options)
+    assert len(calls) == 1
+    for got_one, want in zip(got, expected, strict=True):
+        assert [p.captions for p in got_one] == [p.captions for p in want]

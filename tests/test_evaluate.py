@@ -225,7 +225,7 @@ def test_missing_java_is_a_clear_error_before_any_captioning(
     def fail(*args, **kwargs):
         raise AssertionError("captioned before checking for Java")
 
-    monkeypatch.setattr(ev, "predict_many", fail)
+    monkeypatch.setattr(ev, "predict_decodings", fail)
     with pytest.raises(JavaNotFoundError, match=r"need Java.*install a Java runtime") as info:
         evaluate(tiny_captioner, eval_table, progress=False)
     assert "\n" not in str(info.value)

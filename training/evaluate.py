@@ -1,8 +1,8 @@
 """Score a captioner with the coco-caption metrics (pycocoevalcap): BLEU-1..4, METEOR, ROUGE-L, CIDEr.
 
 :func:`evaluate` captions every image of a split with each decoding (``"greedy"``, ``"beam-K"``)
-through :func:`imcap_hub.predict_many` (one encoder call per batch, the fast encoder runtime where
-one is installed) and scores the captions against all references of each image. It returns the
+through :func:`imcap_hub.predict.predict_decodings` (each batch encoded once for all decodings,
+through the fast encoder runtime where one is installed) and scores the captions against all references of each image. It returns the
 ``metrics.json`` dict that :func:`write_metrics` writes and the model card reads.
 
 Text normalisation is the same on both sides: every reference and every hypothesis goes through
@@ -39,7 +39,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from imcap_hub import DecodeOptions, ImcapError, normalize_caption, predict_many
+from imcap_hub import DecodeOptions, ImcapError, normalize_caption
+from imcap_hub.predict import predict_decodings
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -58,7 +59,7 @@ METRIC_NAMES: tuple[str, ...] = (
     "ROUGE-L",
     "CIDEr",
 )
-BATCH_SIZE = 32  # images per predict_many call (one encoder call each)
+BATCH_SIZE = 32  # images per encoder call
 N_EXAMPLES = 5  # example captions kept in metrics.json
 DECIMALS = 6  # metrics.json precision (pycocoevalcap's BLEU carries ~1e-9 of smoothing noise)
 MAX_FAILED_LISTED = 10
@@ -330,24 +331,27 @@ def score_captions(
 def caption_images(
     model: ImageCaptioner,
     images: Sequence[str],
-    options: DecodeOptions,
+    options: dict[str, DecodeOptions],
     *,
     batch_size: int = BATCH_SIZE,
     progress: bool = True,
-    desc: str = "caption",
-) -> tuple[list[str], dict[str, str]]:
-    """The best caption of each image (``""`` for one that could not be read) and the errors."""
+) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """The best caption of each image for each decoding (``""`` for an image that could not be
+    read), and the errors. Each image is encoded once for all decodings."""
     from tqdm.auto import tqdm
 
-    texts: list[str] = []
+    texts: dict[str, list[str]] = {spec: [] for spec in options}
     errors: dict[str, str] = {}
+    desc = "caption " + ", ".join(options)
     with tqdm(total=len(images), desc=desc, unit="img", disable=not progress) as bar:
         for start in range(0, len(images), batch_size):
             batch = list(images[start : start + batch_size])
-            for image, prediction in zip(batch, predict_many(model, batch, options)):
-                if prediction.error is not None:
-                    errors[image] = prediction.error
-                texts.append(prediction.captions[0].text if prediction.captions else "")
+            per_option = predict_decodings(model, batch, list(options.values()))
+            for spec, predictions in zip(options, per_option):
+                for image, prediction in zip(batch, predictions):
+                    if prediction.error is not None:
+                        errors[image] = prediction.error
+                    texts[spec].append(prediction.captions[0].text if prediction.captions else "")
             bar.update(len(batch))
     return texts, errors
 
@@ -402,15 +406,11 @@ def evaluate(
     _start_meteor()  # ~10 s of JVM start-up, overlapped with captioning
 
     timings: dict[str, float] = {}
-    hypotheses: dict[str, list[str]] = {}
-    failed: dict[str, str] = {}
-    for spec, opts in options.items():
-        start = time.perf_counter()
-        hypotheses[spec], errors = caption_images(
-            model, images, opts, batch_size=batch_size, progress=progress, desc=spec
-        )
-        timings[f"caption_{spec}"] = round(time.perf_counter() - start, 3)
-        failed.update(errors)
+    start = time.perf_counter()
+    hypotheses, failed = caption_images(
+        model, images, options, batch_size=batch_size, progress=progress
+    )
+    timings["captioning"] = round(time.perf_counter() - start, 3)
     if len(failed) == len(images):
         first = next(iter(failed.items()))
         raise EvaluationError(
