@@ -18,6 +18,7 @@ import numpy as np
 
 from .config import CaptionerConfig
 from .errors import ImcapError
+from .tensors import save_tensors
 
 # (h, c, h @ recurrent_kernel): the last is carried so each step needs one matmul.
 State = tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -81,12 +82,8 @@ def check_weights(weights: Mapping[str, np.ndarray], config: CaptionerConfig) ->
 
 
 def save_weights(weights: Mapping[str, np.ndarray], path: str | os.PathLike) -> None:
-    from safetensors.numpy import save_file
-
-    save_file(
-        {n: np.ascontiguousarray(weights[n], dtype=np.float32) for n in WEIGHT_NAMES},
-        os.fspath(path),
-        metadata={"format": "imcap-decoder", "version": "1"},
+    save_tensors(
+        {n: np.asarray(weights[n], dtype=np.float32) for n in WEIGHT_NAMES}, path, "imcap-decoder/1"
     )
 
 

@@ -28,6 +28,7 @@ from .decoder import StepDecoder, load_weights, random_weights, save_weights
 from .encoder import Encoder, build_keras_encoder, keras_weights
 from .errors import ImcapError
 from .images import ImageInput
+from .tensors import save_tensors
 from .vocab import Vocabulary
 
 CONFIG_FILE = "config.json"
@@ -194,15 +195,10 @@ class ImageCaptioner(
         self.vocab.save(save_directory / VOCAB_FILE)
         save_weights(self.decoder_weights, save_directory / DECODER_FILE)
         if self.config.encoder.weights == "repo":
-            from safetensors.numpy import save_file
-
-            save_file(
-                {
-                    k: np.ascontiguousarray(v)
-                    for k, v in keras_weights(self.encoder.keras_model).items()
-                },
-                os.fspath(save_directory / ENCODER_FILE),
-                metadata={"format": "imcap-encoder", "version": "1"},
+            save_tensors(
+                keras_weights(self.encoder.keras_model),
+                save_directory / ENCODER_FILE,
+                "imcap-encoder/1",
             )
         if self.metrics is not None:
             (save_directory / METRICS_FILE).write_text(json.dumps(self.metrics, indent=2) + "\n")

@@ -135,10 +135,10 @@ def frozen_encoder(config: RunConfig, runtime: str | None = None):
             keras.utils.set_random_seed(config.seed)
             weights = keras_weights(build_keras_encoder(enc))
             path.parent.mkdir(parents=True, exist_ok=True)
-            from safetensors.numpy import save_file
+            from imcap_hub.tensors import save_tensors
 
             tmp = path.with_name(f".{path.name}.tmp")
-            save_file(weights, str(tmp), metadata={"format": "imcap-encoder", "version": "1"})
+            save_tensors(weights, tmp, "imcap-encoder/1")
             tmp.replace(path)
         published = replace(enc, weights="repo")
         return Encoder(published, weights_file=path, runtime=runtime), published

@@ -50,6 +50,7 @@ import numpy as np
 from imcap_hub.config import CaptionerConfig
 from imcap_hub.encoder import CAFFE_MEAN_BGR
 from imcap_hub.errors import ImcapError
+from imcap_hub.tensors import save_tensors
 from imcap_hub.vocab import Vocabulary, normalize_caption
 
 STATE_FILE = "state.json"
@@ -376,17 +377,6 @@ def _restore_state(model, path: Path) -> None:
             var.assign(value)
 
 
-def _save_safetensors(tensors: dict[str, np.ndarray], path: Path, kind: str) -> None:
-    from safetensors.numpy import save_file
-
-    save_file(
-        # ascontiguousarray makes 0-d arrays 1-d: keep the shape (optimizer step counters).
-        {k: np.ascontiguousarray(v).reshape(np.shape(v)) for k, v in tensors.items()},
-        os.fspath(path),
-        metadata={"format": kind, "version": "1"},
-    )
-
-
 def _write_json_atomic(path: Path, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
@@ -442,14 +432,12 @@ def _make_checkpointer(
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
             dec = weights_from_keras(decoder)
-            _save_safetensors(
+            save_tensors(
                 {n: dec[n] for n in WEIGHT_NAMES}, tmp / "decoder.safetensors", "imcap-decoder"
             )
             if encoder is not None:
-                _save_safetensors(
-                    keras_weights(encoder), tmp / "encoder.safetensors", "imcap-encoder"
-                )
-            _save_safetensors(_state_tensors(model), tmp / "state.safetensors", "imcap-train-state")
+                save_tensors(keras_weights(encoder), tmp / "encoder.safetensors", "imcap-encoder")
+            save_tensors(_state_tensors(model), tmp / "state.safetensors", "imcap-train-state")
             shutil.rmtree(folder, ignore_errors=True)
             os.replace(tmp, folder)
             if improved:
