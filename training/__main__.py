@@ -138,7 +138,12 @@ def training_info(config: RunConfig) -> dict[str, Any]:
             "train_encoder": t.train_encoder,
             "strategy": tr.get("strategy"),
             "history": rows,
-            "seconds": {k: v.get("seconds") for k, v in stages.items() if isinstance(v, dict)},
+            # The card is written before the push it describes: a push time would be the last one's.
+            "seconds": {
+                k: v.get("seconds")
+                for k, v in stages.items()
+                if isinstance(v, dict) and k != "push"
+            },
         },
         "features": prep.get("cache"),
         "seed": config.seed,
