@@ -109,7 +109,7 @@ class LoadedModel:
 
 def _hub_unreachable(error: ModelLoadError) -> bool:
     """Whether a load failed only because the Hub could not be reached and nothing was cached."""
-    return getattr(error, "reason", None) == "offline"
+    return error.reason == "offline"
 
 
 def _load_demo(runtime: str) -> ImageCaptioner:

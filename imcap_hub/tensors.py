@@ -7,6 +7,10 @@ from collections.abc import Mapping
 
 import numpy as np
 
+# safetensors creates files with mode 0600; give them the mode any other file would get.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def save_tensors(tensors: Mapping[str, np.ndarray], path: str | os.PathLike, kind: str) -> None:
     """Write ``tensors`` to ``path`` with ``{"format": kind}`` as metadata.
@@ -22,3 +26,4 @@ def save_tensors(tensors: Mapping[str, np.ndarray], path: str | os.PathLike, kin
         os.fspath(path),
         metadata={"format": kind},
     )
+    os.chmod(path, 0o666 & ~_UMASK)
