@@ -95,8 +95,10 @@ def build_model(
         runtime=runtime,
         encoder_model=encoder.keras_model if encoder else None,
     )
-    model.decoder_weights["logits/bias"][vocab.end_id] = -1e4  # every caption runs to max_length
-    model.decoder.out_bias[vocab.end_id] = -1e4
+    weights = dict(model.decoder_weights)
+    weights["logits/bias"] = weights["logits/bias"].copy()
+    weights["logits/bias"][vocab.end_id] = -1e4  # every caption runs to max_length
+    model.set_decoder_weights(weights)
     return model
 
 
@@ -175,11 +177,11 @@ def main() -> None:
             )
         )
     features = auto.encoder.encode([load_image(images[0])])
-    from imcap_hub.predict import _search, _single_threaded_blas
+    from imcap_hub.inference import search_features, single_threaded_blas
 
     def decode_only():
-        with _single_threaded_blas():  # as predict() runs it
-            _search(auto, features[0], DecodeOptions(decoding="greedy"))
+        with single_threaded_blas():  # as predict() runs it
+            search_features(auto, features[0], DecodeOptions(decoding="greedy"))
 
     decode_ms = median_ms(decode_only, args.repeats)
     rows.append(

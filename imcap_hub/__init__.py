@@ -9,8 +9,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from .config import CaptionerConfig, ConfigError, DecoderConfig, EncoderConfig
 from .errors import ImcapError
 from .images import ImageError, load_image
+from .inference import Caption, DecodeOptions, Prediction, predict, predict_many
 from .model import ImageCaptioner, ModelLoadError
-from .predict import Caption, DecodeOptions, Prediction, predict, predict_many
 from .vocab import Vocabulary, normalize_caption
 
 __version__ = "0.1.0"

@@ -9,7 +9,7 @@ import sys
 
 from . import DecodeOptions, ImageCaptioner, ImcapError, predict_many
 from .encoder import RUNTIMES
-from .predict import DECODINGS
+from .inference import DECODINGS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,16 +36,16 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
-    options = DecodeOptions(
-        decoding=args.decoding,
-        beam_size=args.beam_size,
-        num_captions=args.num_captions,
-        max_length=args.max_length,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        seed=args.seed,
-    )
     try:
+        options = DecodeOptions(
+            decoding=args.decoding,
+            beam_size=args.beam_size,
+            num_captions=args.num_captions,
+            max_length=args.max_length,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            seed=args.seed,
+        )
         model = ImageCaptioner.from_pretrained(
             args.model,
             revision=args.revision,

@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ImcapError
+from .files import atomic_write
 
 FORMAT_VERSION = 1
 ARCHITECTURES = ("resnet50", "tiny_resnet")
 WEIGHT_SOURCES = ("imagenet", "repo", "random")
 PREPROCESSING = ("caffe", "unit")
 FEATURE_KINDS = ("pooled", "spatial")
-DECODER_KINDS = ("init_state_lstm",)
+DECODER_KINDS = ("init_state_lstm", "attention")
 
 
 class ConfigError(ImcapError, ValueError):
@@ -31,14 +32,18 @@ def _from_dict(cls, data: dict[str, Any], where: str):
     return cls(**data)
 
 
-def _choice(value: str, allowed: tuple[str, ...], what: str) -> None:
+def check_choice(
+    value: Any, allowed: tuple[str, ...], what: str, error: type[ConfigError] = ConfigError
+) -> None:
+    """Raise ``error`` unless ``value`` is one of ``allowed`` (the config and run config rule)."""
     if value not in allowed:
-        raise ConfigError(f"unknown {what} {value!r}; expected one of {', '.join(allowed)}")
+        raise error(f"unknown {what} {value!r}; expected one of {', '.join(allowed)}")
 
 
-def _positive(value: int, what: str) -> None:
+def check_positive(value: Any, what: str, error: type[ConfigError] = ConfigError) -> None:
+    """Raise ``error`` unless ``value`` is an int > 0 (a bool is not an int here)."""
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(f"{what} must be a positive integer, got {value!r}")
+        raise error(f"{what} must be a positive integer, got {value!r}")
 
 
 @dataclass
@@ -60,11 +65,11 @@ class EncoderConfig:
     blocks: int = 1
 
     def validate(self) -> None:
-        _choice(self.architecture, ARCHITECTURES, "encoder architecture")
-        _choice(self.weights, WEIGHT_SOURCES, "encoder weights source")
-        _choice(self.preprocessing, PREPROCESSING, "preprocessing")
-        _choice(self.features, FEATURE_KINDS, "feature kind")
-        _positive(self.image_size, "encoder.image_size")
+        check_choice(self.architecture, ARCHITECTURES, "encoder architecture")
+        check_choice(self.weights, WEIGHT_SOURCES, "encoder weights source")
+        check_choice(self.preprocessing, PREPROCESSING, "preprocessing")
+        check_choice(self.features, FEATURE_KINDS, "feature kind")
+        check_positive(self.image_size, "encoder.image_size")
         if self.architecture == "resnet50":
             if self.image_size < 32:
                 raise ConfigError("resnet50 needs image_size >= 32")
@@ -76,8 +81,8 @@ class EncoderConfig:
             if not self.widths:
                 raise ConfigError("tiny_resnet needs at least one width")
             for w in self.widths:
-                _positive(w, "encoder.widths[]")
-            _positive(self.blocks, "encoder.blocks")
+                check_positive(w, "encoder.widths[]")
+            check_positive(self.blocks, "encoder.blocks")
 
     @property
     def feature_dim(self) -> int:
@@ -104,21 +109,33 @@ class EncoderConfig:
 
 @dataclass
 class DecoderConfig:
-    """The LSTM decoder. ``max_length`` counts words, not the start/end tokens."""
+    """The LSTM decoder. ``max_length`` counts words, not the start/end tokens.
+
+    ``kind``: ``init_state_lstm`` (pooled features set the LSTM's initial state, Show and Tell)
+    or ``attention`` (soft attention over the spatial grid, Show, Attend and Tell), which needs
+    ``attention_dim`` and ``encoder.features == "spatial"``.
+    """
 
     kind: str = "init_state_lstm"
     embedding_dim: int = 256
     units: int = 512
     max_length: int = 30
     dropout: float = 0.3
+    attention_dim: int | None = None
 
     def validate(self) -> None:
-        _choice(self.kind, DECODER_KINDS, "decoder kind")
-        _positive(self.embedding_dim, "decoder.embedding_dim")
-        _positive(self.units, "decoder.units")
-        _positive(self.max_length, "decoder.max_length")
+        check_choice(self.kind, DECODER_KINDS, "decoder kind")
+        check_positive(self.embedding_dim, "decoder.embedding_dim")
+        check_positive(self.units, "decoder.units")
+        check_positive(self.max_length, "decoder.max_length")
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ConfigError(f"decoder.dropout must be in [0, 1), got {self.dropout!r}")
+        if self.kind == "attention":
+            check_positive(self.attention_dim, "decoder.attention_dim")
+        elif self.attention_dim is not None:
+            raise ConfigError(
+                f"decoder.attention_dim is only for the attention kind, not {self.kind!r}"
+            )
 
 
 @dataclass
@@ -139,15 +156,19 @@ class CaptionerConfig:
             )
         self.encoder.validate()
         self.decoder.validate()
-        _positive(self.vocab_size, "vocab_size")
-        if self.encoder.features == "spatial":
+        check_positive(self.vocab_size, "vocab_size")
+        wanted = "spatial" if self.decoder.kind == "attention" else "pooled"
+        if self.encoder.features != wanted:
             raise ConfigError(
-                "decoder 'init_state_lstm' conditions on pooled features; "
-                "encoder.features='spatial' needs an attention decoder, which imcap does not have yet"
+                f"decoder {self.decoder.kind!r} needs encoder.features={wanted!r}, "
+                f"got {self.encoder.features!r}"
             )
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if data["decoder"]["attention_dim"] is None:  # pooled models keep their config.json
+            del data["decoder"]["attention_dim"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CaptionerConfig:
@@ -178,7 +199,7 @@ class CaptionerConfig:
         return cls.from_dict(data)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json(), encoding="utf-8")
+        atomic_write(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | Path) -> CaptionerConfig:

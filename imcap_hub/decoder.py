@@ -18,7 +18,7 @@ import numpy as np
 
 from .config import CaptionerConfig
 from .errors import ImcapError
-from .tensors import save_tensors
+from .files import load_tensors, save_tensors
 
 # (h, c, h @ recurrent_kernel): the last is carried so each step needs one matmul.
 State = tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -89,10 +89,9 @@ def save_weights(weights: Mapping[str, np.ndarray], path: str | os.PathLike) -> 
 
 def load_weights(path: str | os.PathLike, config: CaptionerConfig) -> dict[str, np.ndarray]:
     from safetensors import SafetensorError
-    from safetensors.numpy import load_file
 
     try:
-        weights = load_file(os.fspath(path))
+        weights = load_tensors(path)
     except (SafetensorError, OSError) as e:
         raise DecoderWeightsError(f"cannot read model.safetensors: {e}") from None
     check_weights(weights, config)
@@ -183,11 +182,17 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 class StepDecoder:
-    """One LSTM step at a time in numpy; no Keras, no per-word graph calls."""
+    """One LSTM step at a time in numpy; no Keras, no per-word graph calls.
+
+    ``weights`` holds the published weights; the step's arrays are derived from them once, so
+    to change weights build a new StepDecoder (``ImageCaptioner.set_decoder_weights``).
+    """
 
     def __init__(self, weights: Mapping[str, np.ndarray], config: CaptionerConfig) -> None:
         check_weights(weights, config)
         w = {n: np.ascontiguousarray(weights[n], dtype=np.float32) for n in WEIGHT_NAMES}
+        # The weights as published (model.safetensors); everything below is derived from them.
+        self.weights = w
         self.config = config
         self.units = config.decoder.units
         self.init_h = (w["init_h/kernel"], w["init_h/bias"])

@@ -28,12 +28,15 @@ import numpy as np
 
 from .config import EncoderConfig
 from .errors import ImcapError
+from .files import atomic_write_json, load_tensors
 from .images import resize
 
 logger = logging.getLogger(__name__)
 
-RUNTIMES = ("auto", "keras", "openvino", "onnxruntime", "openvino-bf16")
-# Fastest exact runtime first; "openvino-bf16" is never chosen by "auto" because it is not exact.
+# "openvino-bf16" is not exact: "auto" never picks it, and feature caches never use it.
+EXACT_RUNTIMES = ("auto", "keras", "openvino", "onnxruntime")
+RUNTIMES = (*EXACT_RUNTIMES, "openvino-bf16")
+# Fastest exact runtime first.
 AUTO_ORDER = ("openvino", "onnxruntime", "keras")
 CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 # A converted encoder must match Keras this closely (relative to the feature scale) to be used.
@@ -60,12 +63,19 @@ def _package_version(name: str) -> str | None:
         return None
 
 
+# The packages each runtime needs (ONNX Runtime needs tf2onnx to convert the Keras model).
+_RUNTIME_PACKAGES = {
+    "keras": ("keras",),
+    "openvino": ("openvino",),
+    "openvino-bf16": ("openvino",),
+    "onnxruntime": ("onnxruntime", "tf2onnx"),
+}
+
+
 def runtime_available(runtime: str) -> bool:
-    """Whether the package behind ``runtime`` is installed."""
-    module = {"keras": "keras", "onnxruntime": "onnxruntime"}.get(runtime, "openvino")
-    if runtime == "onnxruntime" and importlib.util.find_spec("tf2onnx") is None:
-        return False  # needed to convert the Keras model
-    return importlib.util.find_spec(module) is not None
+    """Whether ``runtime`` is a runtime name whose packages are installed."""
+    packages = _RUNTIME_PACKAGES.get(runtime)
+    return packages is not None and all(importlib.util.find_spec(p) for p in packages)
 
 
 # --- the Keras models -------------------------------------------------------------------------
@@ -187,9 +197,7 @@ def keras_weights(model) -> dict[str, np.ndarray]:
 
 def load_safetensors_into(model, path: str | os.PathLike) -> None:
     """Assign every variable of ``model`` from a safetensors file, checking names and shapes."""
-    from safetensors.numpy import load_file
-
-    tensors = load_file(os.fspath(path))
+    tensors = load_tensors(path)
     expected = {v.path: v for v in model.weights}
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
@@ -392,7 +400,7 @@ class Encoder:
             try:
                 model_file = _convert(base, self.keras_model, tmp)
                 meta = {"file": model_file.name, "config": self.config.cache_key(), "runtime": base}
-                (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+                atomic_write_json(tmp / "meta.json", meta, indent=1)
                 try:
                     tmp.rename(folder)  # atomic: a half-written cache entry is never seen
                 except OSError:  # another process finished first; use theirs
@@ -418,7 +426,7 @@ class Encoder:
             exact = diff <= EXACT_RTOL * scale
             meta.update(max_abs_diff=diff, exact=exact)
             if not runtime.endswith(BF16_SUFFIX):
-                meta_path.write_text(json.dumps(meta, indent=1))
+                atomic_write_json(meta_path, meta, indent=1)
             if not exact and not runtime.endswith(BF16_SUFFIX):
                 shutil.rmtree(folder, ignore_errors=True)
                 raise EncoderError(f"{runtime} differs from Keras by {diff:.3g} on the probe batch")

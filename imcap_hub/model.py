@@ -8,7 +8,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from huggingface_hub import ModelHubMixin, hf_hub_download
@@ -28,7 +28,10 @@ from .decoder import StepDecoder, load_weights, random_weights, save_weights
 from .encoder import Encoder, build_keras_encoder, keras_weights
 from .errors import ImcapError
 from .images import ImageInput
-from .tensors import save_tensors
+
+if TYPE_CHECKING:
+    from .inference import Caption
+from .files import atomic_write, atomic_write_json, save_tensors
 from .vocab import Vocabulary
 
 CONFIG_FILE = "config.json"
@@ -127,8 +130,7 @@ class ImageCaptioner(
             )
         self.config = model_config
         self.vocab = vocab
-        self.decoder_weights = dict(decoder_weights)
-        self.decoder = StepDecoder(self.decoder_weights, model_config)
+        self.decoder = StepDecoder(decoder_weights, model_config)
         self.encoder = image_encoder
         self.card = card
         self.metrics = metrics
@@ -169,13 +171,25 @@ class ImageCaptioner(
         )
         return cls(model_config, vocab, random_weights(model_config, seed=seed), encoder)
 
+    @property
+    def decoder_weights(self) -> Mapping[str, np.ndarray]:
+        """The decoder's weights as published in model.safetensors (one copy: the decoder's)."""
+        return self.decoder.weights
+
+    def set_decoder_weights(self, weights: Mapping[str, np.ndarray]) -> None:
+        """Replace the decoder's weights (checked against the config)."""
+        self.decoder = StepDecoder(weights, self.config)
+
     # --- inference ----------------------------------------------------------------------------
 
-    def caption(self, image: ImageInput, **options: Any) -> list:
-        """Caption one image; options as ``DecodeOptions`` (beam_size=3, num_captions=1, ...)."""
-        from .predict import DecodeOptions, predict
+    def caption(self, image: ImageInput, **options: Any) -> list[Caption]:
+        """Caption one image; options as ``DecodeOptions`` (beam_size=3, num_captions=1, ...).
 
-        return predict(self, image, DecodeOptions(**options)).captions
+        A misspelt or wrong option raises ``OptionsError`` naming it; a bad image ``ImageError``.
+        """
+        from .inference import DecodeOptions, predict
+
+        return predict(self, image, DecodeOptions.from_kwargs(**options)).captions
 
     def info(self) -> dict[str, Any]:
         """What this model is and where it came from (for the app, the API and the CLI)."""
@@ -201,9 +215,9 @@ class ImageCaptioner(
                 "imcap-encoder/1",
             )
         if self.metrics is not None:
-            (save_directory / METRICS_FILE).write_text(json.dumps(self.metrics, indent=2) + "\n")
+            atomic_write_json(save_directory / METRICS_FILE, self.metrics)
         if self.card is not None:
-            (save_directory / CARD_FILE).write_text(self.card, encoding="utf-8")
+            atomic_write(save_directory / CARD_FILE, self.card)
 
     def generate_model_card(self, *args, **kwargs):
         kwargs.setdefault("architecture", self.config.encoder.architecture)
@@ -213,24 +227,42 @@ class ImageCaptioner(
 
     @classmethod
     def from_pretrained(
-        cls, pretrained_model_name_or_path: str | Path, **kwargs: Any
+        cls,
+        pretrained_model_name_or_path: str | Path,
+        *,
+        revision: str | None = None,
+        cache_dir: str | Path | None = None,
+        token: str | bool | None = None,
+        local_files_only: bool = False,
+        force_download: bool = False,
+        runtime: str = "auto",
+        encoder_weights: str | os.PathLike | None = None,
     ) -> ImageCaptioner:
         """Load from a Hub repo id or a local folder.
 
-        Keyword arguments: ``revision``, ``cache_dir``, ``token``, ``local_files_only``,
-        ``force_download``; ``runtime`` (auto, keras, openvino, onnxruntime, openvino-bf16);
-        ``encoder_weights`` (a local ResNet50 ``.h5`` instead of Keras' ImageNet download).
+        ``revision``: a branch, tag or commit hash. ``runtime``: the encoder's (``RUNTIMES`` in
+        ``imcap_hub.encoder``). ``encoder_weights``: a local ResNet50 ``.h5`` instead of Keras'
+        ImageNet download.
         """
         name = str(pretrained_model_name_or_path)
         try:
-            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+            return super().from_pretrained(
+                pretrained_model_name_or_path,
+                revision=revision,
+                cache_dir=cache_dir,
+                token=token,
+                local_files_only=local_files_only,
+                force_download=force_download,
+                runtime=runtime,
+                encoder_weights=encoder_weights,
+            )
         except HFValidationError:
             raise ModelLoadError(
                 f"{name!r} is neither a model folder nor a valid Hub repo id"
             ) from None
         except (LocalEntryNotFoundError, OfflineModeIsEnabled, HfHubHTTPError) as e:
             # Raised by the mixin's own config.json download, before _from_pretrained runs.
-            raise _load_error(e, name, kwargs.get("revision")) from None
+            raise _load_error(e, name, revision) from None
 
     @classmethod
     def _from_pretrained(
@@ -244,7 +276,6 @@ class ImageCaptioner(
         token: str | bool | None,
         runtime: str = "auto",
         encoder_weights: str | os.PathLike | None = None,
-        **unused: Any,
     ) -> ImageCaptioner:
         is_dir = os.path.isdir(model_id)
 

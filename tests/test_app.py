@@ -92,7 +92,7 @@ def test_caption_details_nbest_timings_and_model(client, python_api, image_files
 
 def test_bad_options_get_a_clear_message(client, image_files):
     path = handle_file(image_files["good"][0])
-    with pytest.raises(AppError, match="num_captions must be between 1 and 3"):
+    with pytest.raises(AppError, match="num_captions must be an integer from 1 to 3"):
         client.predict(path, "beam", 3, 5, api_name="/caption_details")
     with pytest.raises(AppError, match="decoding must be one of"):
         client.predict(path, "nonsense", api_name="/caption_details")

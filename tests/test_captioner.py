@@ -8,7 +8,7 @@ from helpers import random_image, tiny_config
 from imcap_hub import DecodeOptions, ImageCaptioner, ModelLoadError, predict, predict_many
 from imcap_hub.config import ConfigError
 from imcap_hub.encoder import Encoder, EncoderError, preprocess, runtime_available
-from imcap_hub.predict import OptionsError
+from imcap_hub.inference import OptionsError
 
 IMAGES = [random_image(seed, (40 + seed, 50)) for seed in range(4)]
 
@@ -124,12 +124,12 @@ def test_predict_many_keeps_good_images_when_one_is_bad(tiny_captioner, image_fi
     ("options", "message"),
     [
         ({"decoding": "nucleus"}, "decoding must be one of"),
-        ({"beam_size": 0}, "beam_size must be between 1 and 20"),
-        ({"beam_size": 2, "num_captions": 3}, "num_captions must be between 1 and 2"),
-        ({"decoding": "greedy", "num_captions": 2}, "num_captions must be between 1 and 1"),
-        ({"max_length": 99}, "max_length must be between 1 and 8"),
-        ({"decoding": "sample", "temperature": 0}, "temperature must be > 0"),
-        ({"decoding": "sample", "top_p": 0}, "top_p must be in"),
+        ({"beam_size": 0}, "beam_size must be an integer from 1 to 20"),
+        ({"beam_size": 2, "num_captions": 3}, "num_captions must be an integer from 1 to 2"),
+        ({"decoding": "greedy", "num_captions": 2}, "num_captions must be an integer from 1 to 1"),
+        ({"max_length": 99}, "max_length must be an integer from 1 to 8"),
+        ({"decoding": "sample", "temperature": 0}, "temperature must be a number > 0"),
+        ({"decoding": "sample", "top_p": 0}, "top_p must be a number in"),
     ],
 )
 def test_bad_options_are_refused_clearly(tiny_captioner, options, message):
@@ -267,7 +267,7 @@ def test_from_config_is_reproducible_with_a_seed(tiny_vocab):
 
 
 def test_predict_decodings_encodes_once_and_matches_predict_many(tiny_captioner, monkeypatch):
-    from imcap_hub.predict import predict_decodings
+    from imcap_hub.inference import predict_decodings
 
     options = [DecodeOptions(decoding="greedy"), DecodeOptions(beam_size=3, num_captions=2)]
     expected = [predict_many(tiny_captioner, IMAGES, o) for o in options]

@@ -80,7 +80,7 @@ def test_good_images_still_caption_next_to_a_bad_one(tiny_model_dir, image_files
     ("args", "message"),
     [
         (["--model", "/no/such/model"], "neither a model folder nor a valid Hub repo id"),
-        (["--beam-size", "0"], "beam_size must be between 1 and 20"),
+        (["--beam-size", "0"], "beam_size must be an integer from 1 to 20"),
     ],
 )
 def test_bad_model_or_options_exit_2_with_one_line(tiny_model_dir, image_files, args, message):

@@ -46,7 +46,7 @@ def _valid() -> dict:
             "unknown encoder architecture 'vgg16'",
         ),
         (lambda d: d["encoder"].update(weights="somewhere"), "unknown encoder weights source"),
-        (lambda d: d["encoder"].update(features="spatial"), "attention decoder"),
+        (lambda d: d["encoder"].update(features="spatial"), "needs encoder.features=.pooled."),
         (lambda d: d["decoder"].update(kind="transformer"), "unknown decoder kind"),
         (lambda d: d["decoder"].update(units=0), "decoder.units must be a positive integer"),
         (lambda d: d["decoder"].update(dropout=1.5), "decoder.dropout"),

@@ -10,12 +10,13 @@ import pandas as pd
 import pytest
 
 import training.evaluate as ev
+from imcap_hub import DecodeOptions
+from imcap_hub.inference import OptionsError
 from training.evaluate import (
     METRIC_NAMES,
     EvaluationError,
     JavaNotFoundError,
     evaluate,
-    parse_decoding,
     ptb_tokenize,
     read_metrics,
     references_by_image,
@@ -155,16 +156,6 @@ def test_references_grouped_per_image():
         references_by_image(table.drop(columns="split"), "test")
 
 
-def test_parse_decoding():
-    greedy = parse_decoding("greedy")
-    assert greedy.decoding == "greedy" and greedy.num_captions == 1
-    beam = parse_decoding("beam-5")
-    assert (beam.decoding, beam.beam_size, beam.num_captions) == ("beam", 5, 1)
-    for bad in ("beam", "beam3", "sample", "top-k"):
-        with pytest.raises(EvaluationError, match="greedy"):
-            parse_decoding(bad)
-
-
 def test_end_to_end_with_the_tiny_captioner(eval_metrics, eval_table):
     m = eval_metrics
     n_test = eval_table.loc[eval_table["split"] == "test", "image"].nunique()
@@ -190,7 +181,7 @@ def test_evaluate_matches_scoring_its_own_captions(tiny_captioner, eval_table):
     assert m["n_images"] == 3 and list(m["decodings"]) == ["greedy"]
     refs = references_by_image(eval_table, "test")
     images = list(refs)[:3]
-    preds = predict_many(tiny_captioner, images, parse_decoding("greedy"))
+    preds = predict_many(tiny_captioner, images, DecodeOptions.from_label("greedy"))
     direct = score_captions(
         {i: refs[i] for i in images}, {i: p.text for i, p in zip(images, preds)}
     )
@@ -211,8 +202,10 @@ def test_unreadable_image_counts_as_an_empty_caption(tiny_captioner, eval_table,
 def test_bad_requests_are_clear_errors(tiny_captioner, eval_table):
     with pytest.raises(EvaluationError, match=r"split 'nope'.*test, train, val"):
         evaluate(tiny_captioner, eval_table, split="nope", progress=False)
-    with pytest.raises(EvaluationError, match="unknown decoding"):
+    with pytest.raises(OptionsError, match="unknown decoding"):
         evaluate(tiny_captioner, eval_table, decodings=["beam"], progress=False)
+    with pytest.raises(OptionsError, match="beam_size must be an integer from 1 to 20"):
+        evaluate(tiny_captioner, eval_table, decodings=["beam-50"], progress=False)
     with pytest.raises(EvaluationError, match="max_images"):
         evaluate(tiny_captioner, eval_table, max_images=0, progress=False)
 

@@ -10,13 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.datasets import detect_layout, read_coco, read_dataset
+from training.datasets import LAYOUTS, detect_layout, read_coco, read_dataset
 from training.synthetic import (
     COLOUR_RGB,
     MAX_CAPTIONS_PER_IMAGE,
     SIZE_FRACTIONS,
     TEMPLATES,
-    WRITE_LAYOUTS,
     SyntheticConfig,
     SyntheticItem,
     assign_splits,
@@ -95,7 +94,7 @@ def test_larger_n_extends_smaller(items: list[SyntheticItem]) -> None:
 
 
 @pytest.mark.parametrize("image_format", ["jpeg", "png"])
-@pytest.mark.parametrize("layout", WRITE_LAYOUTS)
+@pytest.mark.parametrize("layout", LAYOUTS)
 def test_write_is_byte_identical(tmp_path: Path, layout: str, image_format: str) -> None:
     cfg = SyntheticConfig(n_images=8, seed=1, image_format=image_format)
     a = _tree(write_dataset(tmp_path / "a", cfg, layout))
@@ -184,7 +183,7 @@ def test_splits_are_exact_and_seeded() -> None:
 
 @pytest.mark.parametrize(
     ("layout", "kw"),
-    [(layout, {}) for layout in WRITE_LAYOUTS] + [("imagefolder", {"metadata_format": "jsonl"})],
+    [(layout, {}) for layout in LAYOUTS] + [("imagefolder", {"metadata_format": "jsonl"})],
 )
 def test_write_then_read_round_trips(
     tmp_path: Path, items: list[SyntheticItem], layout: str, kw: dict

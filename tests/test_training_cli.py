@@ -150,7 +150,7 @@ def test_a_missing_config_file_is_one_line_from_the_real_command(tmp_path):
             "run",
             "unknown encoder architecture 'vgg'",
         ),
-        ({"evaluation": {"decodings": ["beam"]}}, "run", "'beam' is not 'greedy' or 'beam-K'"),
+        ({"evaluation": {"decodings": ["beam"]}}, "run", "unknown decoding 'beam'"),
         ({}, "train", "run `python -m training prepare` with this config first"),
         ({}, "push", "no trained model"),
     ],
@@ -163,6 +163,27 @@ def test_user_mistakes_are_one_line_and_exit_2(tmp_path, capsys, change, command
     path.write_text(json.dumps(config))
     assert main([command, str(path)]) == 2
     assert message in _one_error_line(capsys.readouterr().err)
+
+
+def test_a_beam_too_wide_is_refused_when_the_config_is_read_before_any_stage(tmp_path, capsys):
+    """Evaluation's limits apply when the config is read, not after training has finished."""
+    data = tmp_path / "data"
+    data.mkdir()
+    config = {
+        "name": "wide",
+        "work_dir": str(tmp_path / "runs"),
+        "dataset": {"path": str(data)},
+        "evaluation": {"decodings": ["greedy", "beam-50"]},
+    }
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(config))
+    assert main(["run", str(path)]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert (
+        "evaluation.decodings: decoding 'beam-50': beam_size must be an integer from 1 to 20"
+        in line
+    )
+    assert not (tmp_path / "runs").exists()  # no stage ran, not even the run folder was made
 
 
 def test_bad_json_and_bad_overrides_are_one_line(tmp_path, capsys):

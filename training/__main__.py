@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from imcap_hub.errors import ImcapError
-from training.run_config import RunConfig, RunConfigError, atomic_write_json
+from imcap_hub.files import atomic_write_json
+from training.datasets import SPLITS
+from training.run_config import RunConfig, RunConfigError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -81,7 +83,7 @@ def _record_stage(config: RunConfig, stage: str, seconds: float, **extra: Any) -
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **extra,
     }
-    atomic_write_json(path, stages)
+    atomic_write_json(path, stages, sort_keys=True)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -334,7 +336,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model folder (default: the run's trained model)")
     p.add_argument("--dataset", help="without a config: the dataset folder to score on")
     p.add_argument("--layout", default="auto", help="with --dataset: its layout (default auto)")
-    p.add_argument("--split", choices=("train", "val", "test"))
+    p.add_argument("--split", choices=SPLITS)
     p.add_argument("--decodings", type=lambda s: [d for d in s.split(",") if d])
     p.add_argument("--max-images", type=int)
     p.add_argument("--out", help="with --dataset: write metrics.json here")

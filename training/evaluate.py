@@ -1,7 +1,7 @@
 """Score a captioner with the coco-caption metrics (pycocoevalcap): BLEU-1..4, METEOR, ROUGE-L, CIDEr.
 
 :func:`evaluate` captions every image of a split with each decoding (``"greedy"``, ``"beam-K"``)
-through :func:`imcap_hub.predict.predict_decodings` (each batch encoded once for all decodings,
+through :func:`imcap_hub.inference.predict_decodings` (each batch encoded once for all decodings,
 through the fast encoder runtime where one is installed) and scores the captions against all references of each image. It returns the
 ``metrics.json`` dict that :func:`write_metrics` writes and the model card reads.
 
@@ -26,21 +26,20 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 import subprocess
 import tempfile
 import threading
 import time
 from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import asdict
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from imcap_hub import DecodeOptions, ImcapError, normalize_caption
-from imcap_hub.predict import predict_decodings
+from imcap_hub.files import atomic_write_json
+from imcap_hub.inference import predict_decodings
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -69,8 +68,6 @@ NORMALISATION = (
 )
 TABLE_COLUMNS = ("image", "caption", "split")
 
-_DECODING_SPEC = re.compile(r"beam-(\d+)")
-
 
 class EvaluationError(ImcapError, ValueError):
     """The evaluation cannot run as asked (bad table, split, decoding or images)."""
@@ -82,22 +79,6 @@ class JavaNotFoundError(ImcapError, RuntimeError):
 
 class ScorerError(ImcapError, RuntimeError):
     """A Java scorer (the PTB tokenizer or METEOR) failed."""
-
-
-# --- decodings ---------------------------------------------------------------------------------
-
-
-def parse_decoding(spec: str) -> DecodeOptions:
-    """``"greedy"`` or ``"beam-K"`` (K = beam size) -> the DecodeOptions that produce one caption."""
-    text = str(spec).strip().lower()
-    if text == "greedy":
-        return DecodeOptions(decoding="greedy", beam_size=1, num_captions=1)
-    match = _DECODING_SPEC.fullmatch(text)
-    if match:
-        return DecodeOptions(decoding="beam", beam_size=int(match.group(1)), num_captions=1)
-    raise EvaluationError(
-        f"unknown decoding {spec!r}: use 'greedy' or 'beam-K' with K the beam size (e.g. 'beam-3')"
-    )
 
 
 # --- references ---------------------------------------------------------------------------------
@@ -376,7 +357,7 @@ def evaluate(
     """Caption the images of ``split`` with each decoding and score them; the metrics.json dict.
 
     ``table``: one row per reference caption, columns ``image`` (path), ``caption``, ``split``.
-    ``decodings``: ``"greedy"`` and/or ``"beam-K"``. ``max_images``: the first N images of the
+    ``decodings``: labels of :meth:`DecodeOptions.from_label` (``"greedy"``, ``"beam-K"``, ``"sample"``). ``max_images``: the first N images of the
     split (table order). An image that cannot be read is captioned ``""`` (scored as a miss) and
     listed under ``failed_images``.
     """
@@ -385,7 +366,7 @@ def evaluate(
     specs = list(dict.fromkeys(str(d).strip() for d in decodings))
     if not specs:
         raise EvaluationError("no decodings to evaluate; e.g. decodings=('greedy', 'beam-3')")
-    options = {spec: parse_decoding(spec) for spec in specs}
+    options = {spec: DecodeOptions.from_label(spec) for spec in specs}
     for opts in options.values():
         opts.validate(model.config.decoder.max_length)
     if max_images is not None and (isinstance(max_images, bool) or int(max_images) < 1):
@@ -449,7 +430,7 @@ def evaluate(
             spec: {metric: round(scores[spec][metric], DECIMALS) for metric in METRIC_NAMES}
             for spec in specs
         },
-        "decoding_options": {spec: asdict(opts) for spec, opts in options.items()},
+        "decoding_options": {spec: opts.to_dict() for spec, opts in options.items()},
         "examples": examples,
         "n_failed": len(failed),
         "failed_images": [
@@ -468,13 +449,7 @@ def evaluate(
 
 def write_metrics(metrics: Mapping[str, Any], path: str | os.PathLike) -> Path:
     """Write ``metrics`` as JSON (atomically: a half-written metrics.json never exists)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(metrics, indent=2, ensure_ascii=False) + "\n"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_json(path, metrics, ensure_ascii=False)
 
 
 def read_metrics(path: str | os.PathLike) -> dict[str, Any]:

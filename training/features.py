@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from imcap_hub.errors import ImcapError
+from imcap_hub.files import atomic_write_json
 
 FORMAT_VERSION = 1
 TODO, DONE, FAILED = 0, 1, 2
@@ -44,13 +45,7 @@ class CacheError(ImcapError, RuntimeError):
 
 
 def _atomic_write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_json(path, obj, indent=1, sort_keys=True)
 
 
 def cache_key(payload: dict[str, Any]) -> str:

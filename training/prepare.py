@@ -28,8 +28,10 @@ import numpy as np
 import pandas as pd
 
 from imcap_hub.errors import ImcapError
+from imcap_hub.files import atomic_write, atomic_write_json, save_tensors
 from imcap_hub.vocab import Vocabulary, normalize_caption
-from training.run_config import RunConfig, atomic_write_json, atomic_write_text
+from training.datasets import SPLITS
+from training.run_config import RunConfig
 
 
 class PrepareError(ImcapError, RuntimeError):
@@ -40,11 +42,11 @@ def dataset_root(config: RunConfig, log: Callable[[str], None] = print) -> tuple
     """The dataset folder and layout; draws the synthetic dataset first when configured."""
     ds = config.dataset
     if ds.synthetic is not None:
-        from training.synthetic import CONFIG_FILE, SyntheticConfig, write_dataset
+        from training.synthetic import SYNTHETIC_CONFIG_FILE, SyntheticConfig, write_dataset
 
         syn = SyntheticConfig.from_dict(ds.synthetic)
         root = config.paths.data / f"synthetic-{ds.synthetic_layout}"
-        marker = root / CONFIG_FILE
+        marker = root / SYNTHETIC_CONFIG_FILE
         current = None
         if marker.exists():
             try:
@@ -135,11 +137,7 @@ def frozen_encoder(config: RunConfig, runtime: str | None = None):
             keras.utils.set_random_seed(config.seed)
             weights = keras_weights(build_keras_encoder(enc))
             path.parent.mkdir(parents=True, exist_ok=True)
-            from imcap_hub.tensors import save_tensors
-
-            tmp = path.with_name(f".{path.name}.tmp")
-            save_tensors(weights, tmp, "imcap-encoder/1")
-            tmp.replace(path)
+            save_tensors(weights, path, "imcap-encoder/1")
         published = replace(enc, weights="repo")
         return Encoder(published, weights_file=path, runtime=runtime), published
     weights_file = config.model.encoder_weights
@@ -208,7 +206,7 @@ def prepare(
 
     paths.prepared.mkdir(parents=True, exist_ok=True)
     table = table[["image", "caption", "split"]].reset_index(drop=True)
-    atomic_write_text(paths.captions, table.to_csv(index=False))
+    atomic_write(paths.captions, table.to_csv(index=False))
 
     t = time.perf_counter()
     vocab, vocab_stats = build_vocab(table, config)
@@ -229,7 +227,7 @@ def prepare(
     log(("images: " if config.training.train_encoder else "features: ") + cached.report.summary())
 
     splits = {}
-    for split in ("train", "val", "test"):
+    for split in SPLITS:
         rows = table[table["split"] == split]
         splits[split] = {"images": int(rows["image"].nunique()), "captions": len(rows)}
     info = {
@@ -248,5 +246,5 @@ def prepare(
         },
         "timings": {k: round(v, 3) for k, v in timings.items()},
     }
-    atomic_write_json(paths.prepare_info, info)
+    atomic_write_json(paths.prepare_info, info, sort_keys=True)
     return info

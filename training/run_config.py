@@ -20,14 +20,21 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from imcap_hub.config import CaptionerConfig, ConfigError, DecoderConfig, EncoderConfig
+from imcap_hub.config import (
+    CaptionerConfig,
+    ConfigError,
+    DecoderConfig,
+    EncoderConfig,
+    check_choice,
+    check_positive,
+)
+from imcap_hub.encoder import EXACT_RUNTIMES
+from imcap_hub.files import atomic_write
+from imcap_hub.inference import DecodeOptions, OptionsError
+from training.datasets import LAYOUTS, SPLITS
 
-LAYOUTS = ("auto", "flickr8k", "captions_txt", "coco", "imagefolder")
-SPLITS = ("train", "val", "test")
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")
 LR_SCHEDULES = ("constant", "cosine")
-RUNTIMES = ("auto", "keras", "openvino", "onnxruntime")
-_DECODING = re.compile(r"^(greedy|beam-([1-9][0-9]?))$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -57,8 +64,8 @@ class DatasetSection:
     reader_options: dict = field(default_factory=dict)
 
     def validate(self) -> None:
-        _choice(self.layout, LAYOUTS, "dataset.layout")
-        _choice(self.synthetic_layout, LAYOUTS[1:], "dataset.synthetic_layout")
+        check_choice(self.layout, ("auto", *LAYOUTS), "dataset.layout", RunConfigError)
+        check_choice(self.synthetic_layout, LAYOUTS, "dataset.synthetic_layout", RunConfigError)
         if (self.path is None) == (self.synthetic is None):
             raise RunConfigError("dataset: give exactly one of dataset.path or dataset.synthetic")
         if self.synthetic is not None:
@@ -89,10 +96,10 @@ class VocabSection:
     max_length: int = 30
 
     def validate(self) -> None:
-        _positive(self.min_count, "vocab.min_count")
-        _positive(self.max_length, "vocab.max_length")
+        check_positive(self.min_count, "vocab.min_count", RunConfigError)
+        check_positive(self.max_length, "vocab.max_length", RunConfigError)
         if self.max_size is not None:
-            _positive(self.max_size, "vocab.max_size")
+            check_positive(self.max_size, "vocab.max_size", RunConfigError)
             if self.max_size <= 4:
                 raise RunConfigError("vocab.max_size must leave room for words (> 4)")
 
@@ -120,8 +127,9 @@ class FeaturesSection:
     flush_seconds: float = 5.0
 
     def validate(self) -> None:
-        _positive(self.batch_size, "features.batch_size")
-        _choice(self.runtime, RUNTIMES, "features.runtime")
+        check_positive(self.batch_size, "features.batch_size", RunConfigError)
+        # Cached features train the decoder: exact runtimes only.
+        check_choice(self.runtime, EXACT_RUNTIMES, "features.runtime", RunConfigError)
         if not self.flush_seconds >= 0:
             raise RunConfigError("features.flush_seconds must be >= 0")
 
@@ -151,24 +159,24 @@ class TrainingSection:
     deterministic: bool = True
 
     def validate(self) -> None:
-        _positive(self.epochs, "training.epochs")
-        _positive(self.batch_size, "training.batch_size")
+        check_positive(self.epochs, "training.epochs", RunConfigError)
+        check_positive(self.batch_size, "training.batch_size", RunConfigError)
         if not self.learning_rate > 0:
             raise RunConfigError("training.learning_rate must be > 0")
-        _choice(self.lr_schedule, LR_SCHEDULES, "training.lr_schedule")
+        check_choice(self.lr_schedule, LR_SCHEDULES, "training.lr_schedule", RunConfigError)
         if self.clipnorm is not None and not self.clipnorm > 0:
             raise RunConfigError("training.clipnorm must be > 0 or null")
         if self.patience < 0:
             raise RunConfigError("training.patience must be >= 0")
         if self.min_delta < 0:
             raise RunConfigError("training.min_delta must be >= 0")
-        _choice(self.strategy, STRATEGIES, "training.strategy")
+        check_choice(self.strategy, STRATEGIES, "training.strategy", RunConfigError)
 
 
 @dataclass
 class EvaluationSection:
     """Scoring the trained model with the coco-caption metrics (``training.evaluate``).
-    ``decodings``: ``greedy`` and/or ``beam-K``."""
+    ``decodings``: ``greedy``, ``beam-K`` (K up to ``imcap_hub.inference.MAX_BEAM``), ``sample``."""
 
     enabled: bool = True
     split: str = "test"
@@ -176,16 +184,16 @@ class EvaluationSection:
     max_images: int | None = None
 
     def validate(self) -> None:
-        _choice(self.split, SPLITS, "evaluation.split")
+        check_choice(self.split, SPLITS, "evaluation.split", RunConfigError)
         if not self.decodings:
             raise RunConfigError("evaluation.decodings must name at least one decoding")
         for d in self.decodings:
-            if not _DECODING.match(d):
-                raise RunConfigError(
-                    f"evaluation.decodings: {d!r} is not 'greedy' or 'beam-K' (K in 1..99)"
-                )
+            try:
+                DecodeOptions.from_label(d)
+            except OptionsError as e:
+                raise RunConfigError(f"evaluation.decodings: {e}") from None
         if self.max_images is not None:
-            _positive(self.max_images, "evaluation.max_images")
+            check_positive(self.max_images, "evaluation.max_images", RunConfigError)
 
 
 @dataclass
@@ -300,7 +308,7 @@ class RunConfig:
         return cls.from_json(path.read_text(encoding="utf-8"), where=str(path))
 
     def save(self, path: str | Path) -> None:
-        atomic_write_text(Path(path), self.to_json())
+        atomic_write(path, self.to_json())
 
     def with_overrides(self, assignments: list[str]) -> RunConfig:
         """A copy with ``section.key=value`` assignments applied (value: JSON, else a string)."""
@@ -356,39 +364,6 @@ class RunPaths:
 
 
 # --- helpers ----------------------------------------------------------------------------------
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
-    import os
-    import secrets
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Not mkstemp: its files are 0600; open(..., "x") honours the umask like any other file.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
-
-def _choice(value: Any, allowed: tuple[str, ...], what: str) -> None:
-    if value not in allowed:
-        raise RunConfigError(f"{what} is {value!r}; expected one of {', '.join(allowed)}")
-
-
-def _positive(value: Any, what: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise RunConfigError(f"{what} must be a positive integer, got {value!r}")
 
 
 def _type_name(tp: Any) -> str:

@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from training.datasets import DEFAULT_SPLIT_FRACTIONS, FLICKR8K_SPLIT_FILES, SPLITS
+from imcap_hub.files import atomic_write, atomic_write_json
+from training.datasets import DEFAULT_SPLIT_FRACTIONS, FLICKR8K_SPLIT_FILES, LAYOUTS, SPLITS
 
 # Saturated colours, far apart in RGB and far from every background tone below.
 COLOUR_RGB: dict[str, tuple[int, int, int]] = {
@@ -354,8 +355,7 @@ def generate(config: SyntheticConfig) -> list[SyntheticItem]:
 # ---------------------------------------------------------------------------------------------
 # writing
 
-WRITE_LAYOUTS: tuple[str, ...] = ("flickr8k", "captions_txt", "coco", "imagefolder")
-CONFIG_FILE = "synthetic.json"
+SYNTHETIC_CONFIG_FILE = "synthetic.json"
 _IMAGEFOLDER_DIRS = {"train": "train", "val": "validation", "test": "test"}
 
 
@@ -371,13 +371,11 @@ def encode_image(image: Image.Image, config: SyntheticConfig) -> bytes:
 
 
 def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
-        f.write(text)
+    atomic_write(path, text)
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    _write_text(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
+    atomic_write_json(path, obj, indent=1, sort_keys=True)
 
 
 def _write_images(
@@ -459,8 +457,8 @@ def write_dataset(
 
     ``synthetic.json`` (the config and every scene) is written too. Returns ``out_dir``.
     """
-    if layout not in WRITE_LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r}; expected one of {WRITE_LAYOUTS}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
     if metadata_format not in ("csv", "jsonl"):
         raise ValueError("metadata_format must be 'csv' or 'jsonl'")
     root = Path(out_dir)
@@ -506,7 +504,7 @@ def write_dataset(
                 )
 
     _write_json(
-        root / CONFIG_FILE,
+        root / SYNTHETIC_CONFIG_FILE,
         {"config": config.to_dict(), "layout": layout, "scenes": [it.scene() for it in items]},
     )
     return root

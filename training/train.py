@@ -50,7 +50,7 @@ import numpy as np
 from imcap_hub.config import CaptionerConfig
 from imcap_hub.encoder import CAFFE_MEAN_BGR
 from imcap_hub.errors import ImcapError
-from imcap_hub.tensors import save_tensors
+from imcap_hub.files import atomic_write_json, load_tensors, save_tensors
 from imcap_hub.vocab import Vocabulary, normalize_caption
 
 STATE_FILE = "state.json"
@@ -353,9 +353,7 @@ def _state_tensors(model) -> dict[str, np.ndarray]:
 
 
 def _restore_state(model, path: Path) -> None:
-    from safetensors.numpy import load_file
-
-    tensors = load_file(os.fspath(path))
+    tensors = load_tensors(path)
     model.optimizer.build(model.trainable_variables)
     for prefix, variables in (
         ("model", model.variables),
@@ -375,16 +373,6 @@ def _restore_state(model, path: Path) -> None:
                     "(start afresh with --fresh)"
                 )
             var.assign(value)
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_state(checkpoints: Path) -> dict[str, Any] | None:
@@ -450,7 +438,7 @@ def _make_checkpointer(
             state["elapsed_seconds"] += seconds
             stop = bool(settings.patience) and state["wait"] >= settings.patience
             state["stopped_early"] = stop and done < total_epochs
-            _write_json_atomic(checkpoints / STATE_FILE, state)
+            atomic_write_json(checkpoints / STATE_FILE, state, indent=1)
             keep = {f"epoch-{done:04d}", f"epoch-{state['best_epoch']:04d}"}
             for old in checkpoints.glob("epoch-*"):
                 if old.name not in keep:
@@ -746,7 +734,6 @@ def train_stage(
     from imcap_hub.encoder import Encoder, build_keras_encoder
     from imcap_hub.model import ImageCaptioner
     from training.prepare import cache_inputs, frozen_encoder, load_prepared
-    from training.run_config import atomic_write_json
 
     paths = config.paths
     table, vocab, _ = load_prepared(config)
@@ -812,7 +799,7 @@ def train_stage(
         "seed": config.seed,
         "model_dir": str(paths.trained),
     }
-    atomic_write_json(paths.train_info, info)
+    atomic_write_json(paths.train_info, info, sort_keys=True)
     log(
         f"best epoch {result.best_epoch} of {result.epochs_run}"
         + (

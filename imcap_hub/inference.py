@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -20,15 +22,41 @@ if TYPE_CHECKING:
 
 DECODINGS = ("greedy", "beam", "sample")
 MAX_BEAM = 20
+MAX_CAPTIONS = 20
+MAX_SEED = 2**32 - 1
+_BEAM_LABEL = re.compile(r"beam-(\d+)")
 
 
 class OptionsError(ImcapError, ValueError):
-    """Decoding options out of range."""
+    """A decoding option of the wrong type or out of range; the message names it."""
+
+
+def _integer(value: Any, name: str, low: int, high: int) -> int:
+    """``value`` as an int in [low, high]; integral floats (3.0, as UIs send them) are accepted."""
+    allowed = f"an integer from {low} to {high}"
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise OptionsError(f"{name} must be {allowed}, got {value!r}")
+    if not math.isfinite(value) or value != int(value) or not low <= int(value) <= high:
+        raise OptionsError(f"{name} must be {allowed}, got {value!r}")
+    return int(value)
+
+
+def _number(value: Any, name: str, allowed: str, ok: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise OptionsError(f"{name} must be {allowed}, got {value!r}")
+    value = float(value)
+    if not (math.isfinite(value) and ok(value)):
+        raise OptionsError(f"{name} must be {allowed}, got {value!r}")
+    return value
 
 
 @dataclass
 class DecodeOptions:
-    """How to turn features into captions. ``max_length`` defaults to the model's."""
+    """How to turn features into captions; every option is checked here, once, for every path
+    (Python, CLI, app, run configs). ``max_length`` defaults to the model's own limit.
+
+    A wrong option raises :class:`OptionsError` naming the option and its allowed range.
+    """
 
     decoding: str = "beam"
     beam_size: int = 3
@@ -39,36 +67,76 @@ class DecodeOptions:
     seed: int | None = 0
     length_penalty: float = 1.0
 
-    def validate(self, model_max_length: int) -> None:
+    def __post_init__(self) -> None:
         if self.decoding not in DECODINGS:
             raise OptionsError(
                 f"decoding must be one of {', '.join(DECODINGS)}, got {self.decoding!r}"
             )
-        if not 1 <= int(self.beam_size) <= MAX_BEAM:
-            raise OptionsError(f"beam_size must be between 1 and {MAX_BEAM}, got {self.beam_size}")
-        limit = self.beam_size if self.decoding == "beam" else MAX_BEAM
-        if self.decoding == "greedy":
-            limit = 1
-        if not 1 <= int(self.num_captions) <= limit:
+        self.beam_size = _integer(self.beam_size, "beam_size", 1, MAX_BEAM)
+        limit = {"greedy": 1, "beam": self.beam_size, "sample": MAX_CAPTIONS}[self.decoding]
+        try:
+            self.num_captions = _integer(self.num_captions, "num_captions", 1, limit)
+        except OptionsError as e:
+            raise OptionsError(f"{e} (for {self.decoding} decoding)") from None
+        if self.max_length is not None:
+            self.max_length = _integer(self.max_length, "max_length", 1, 10_000)
+        self.temperature = _number(self.temperature, "temperature", "a number > 0", lambda v: v > 0)
+        self.top_p = _number(self.top_p, "top_p", "a number in (0, 1]", lambda v: 0 < v <= 1)
+        if self.seed is not None:
+            self.seed = _integer(self.seed, "seed", 0, MAX_SEED)
+        self.length_penalty = _number(
+            self.length_penalty, "length_penalty", "a number >= 0", lambda v: v >= 0
+        )
+
+    def validate(self, model_max_length: int) -> None:
+        """The checks that need the model: ``max_length`` within the model's own limit."""
+        if self.max_length is not None and self.max_length > model_max_length:
             raise OptionsError(
-                f"num_captions must be between 1 and {limit} for {self.decoding} decoding, got {self.num_captions}"
+                f"max_length must be an integer from 1 to {model_max_length} (this model's "
+                f"limit), got {self.max_length}"
             )
-        if self.max_length is not None and not 1 <= int(self.max_length) <= model_max_length:
-            raise OptionsError(
-                f"max_length must be between 1 and {model_max_length}, got {self.max_length}"
-            )
-        if not self.temperature > 0:
-            raise OptionsError(f"temperature must be > 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise OptionsError(f"top_p must be in (0, 1], got {self.top_p}")
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DecodeOptions:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+    def from_kwargs(cls, **options: Any) -> DecodeOptions:
+        """Options given by name (``caption(image, beam_size=5)``); a misspelt one is named."""
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(options) - set(known))
         if unknown:
-            raise OptionsError(f"unknown option(s): {', '.join(unknown)}")
-        return cls(**data)
+            raise OptionsError(
+                f"unknown decoding option(s) {', '.join(unknown)}; the options are {', '.join(known)}"
+            )
+        return cls(**options)
+
+    @classmethod
+    def from_label(cls, label: str) -> DecodeOptions:
+        """``"greedy"``, ``"beam-K"`` (K the beam size) or ``"sample"`` -> one caption's options."""
+        text = label.strip().lower() if isinstance(label, str) else ""
+        if text in ("greedy", "sample"):
+            return cls(decoding=text, beam_size=1, num_captions=1)
+        match = _BEAM_LABEL.fullmatch(text)
+        if match:
+            try:
+                return cls(decoding="beam", beam_size=int(match.group(1)), num_captions=1)
+            except OptionsError as e:
+                raise OptionsError(f"decoding {label!r}: {e}") from None
+        raise OptionsError(
+            f"unknown decoding {label!r}: use 'greedy', 'sample' or 'beam-K' with K the beam "
+            f"size from 1 to {MAX_BEAM} (e.g. 'beam-3')"
+        )
+
+    @property
+    def label(self) -> str:
+        """The name metrics.json, run configs and the model card use: greedy, beam-K, sample."""
+        return f"beam-{self.beam_size}" if self.decoding == "beam" else self.decoding
+
+    def describe(self) -> str:
+        """The label in words, for the model card."""
+        if self.decoding == "beam":
+            return f"beam search (beam {self.beam_size})"
+        return {"greedy": "greedy decoding", "sample": "sampling"}[self.decoding]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass
@@ -104,9 +172,10 @@ class Prediction:
         }
 
 
-def _search(
+def search_features(
     model: ImageCaptioner, features: np.ndarray, options: DecodeOptions
 ) -> list[Hypothesis]:
+    """The hypotheses for one image's encoder features (what :func:`predict` runs per image)."""
     vocab = model.vocab
     common = {
         "start_id": vocab.start_id,
@@ -140,7 +209,7 @@ def _search(
 _BLAS = ThreadpoolController()
 
 
-def _single_threaded_blas():
+def single_threaded_blas():
     """The decoder's matrices are small: one BLAS thread is as fast, and leaves no OpenBLAS
     workers spinning to steal the CPU from the next encoder call (measured: 70 -> 44 ms per
     caption end to end on 2 vCPUs, bench/bench_inference.py)."""
@@ -188,8 +257,8 @@ def predict_decodings(
     for opts, per_option in zip(options, results):
         for row, i in enumerate(good):
             start = time.perf_counter()
-            with _single_threaded_blas():
-                hyps = _search(model, features[row], opts)
+            with single_threaded_blas():
+                hyps = search_features(model, features[row], opts)
             per_option[i].captions = [_to_caption(model, h) for h in hyps]
             timings = per_option[i].timings_ms
             timings["encode"] = encode_ms / len(good)
