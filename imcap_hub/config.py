@@ -16,6 +16,7 @@ WEIGHT_SOURCES = ("imagenet", "repo", "random")
 PREPROCESSING = ("caffe", "unit")
 FEATURE_KINDS = ("pooled", "spatial")
 DECODER_KINDS = ("init_state_lstm", "attention")
+MIN_SPATIAL_GRID = 4
 
 
 class ConfigError(ImcapError, ValueError):
@@ -52,7 +53,8 @@ class EncoderConfig:
 
     ``weights``: ``imagenet`` (Keras' own ImageNet download), ``repo`` (``encoder.safetensors``
     in the model repo, for encoders that are not stock), or ``random`` (tests, benchmarks).
-    ``features``: ``pooled`` (global average, ``feature_dim``) or ``spatial`` (7x7 grid).
+    ``features``: ``pooled`` (global average, ``feature_dim``) or ``spatial`` (the last
+    feature grid: 7x7 for ResNet50 at 224 px, at least 4x4).
     ``widths`` and ``blocks`` only shape the ``tiny_resnet`` architecture.
     """
 
@@ -83,6 +85,14 @@ class EncoderConfig:
             for w in self.widths:
                 check_positive(w, "encoder.widths[]")
             check_positive(self.blocks, "encoder.blocks")
+        if self.features == "spatial" and self.feature_shape[0] < MIN_SPATIAL_GRID:
+            # Attention over fewer cells than this cannot say where anything is.
+            raise ConfigError(
+                f"spatial features need a grid of at least {MIN_SPATIAL_GRID}x{MIN_SPATIAL_GRID}; "
+                f"{self.architecture} at image_size {self.image_size} gives "
+                f"{self.feature_shape[0]}x{self.feature_shape[1]} (raise image_size"
+                + (" or use fewer widths)" if self.architecture == "tiny_resnet" else ")")
+            )
 
     @property
     def feature_dim(self) -> int:

@@ -1,7 +1,11 @@
-"""The LSTM decoder in two forms that compute the same numbers.
+"""The decoders' weights and forms, for both kinds; the pooled LSTM decoder itself.
+
+Two kinds (``config.decoder.kind``): ``init_state_lstm`` (pooled features; this module) and
+``attention`` (soft attention over the spatial grid; ``imcap_hub/attention.py``). Each comes in
+two forms that compute the same numbers, chosen here by kind:
 
 - ``build_training_model``: a Keras graph, teacher-forced over whole sequences (training).
-- ``StepDecoder``: numpy, one token at a time, carrying (h, c) (inference).
+- ``make_step_decoder``: numpy, one token at a time (inference): ``StepDecoder`` carries (h, c).
 
 Conditioning: the image features set the LSTM's initial state, h0 = tanh(W_h f + b_h) and
 c0 = W_c f + b_c, rather than entering as a first input word as in Show and Tell. The image then
@@ -43,6 +47,11 @@ class DecoderWeightsError(ImcapError, ValueError):
 
 
 def expected_shapes(config: CaptionerConfig) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor of model.safetensors, for either decoder kind."""
+    if config.decoder.kind == "attention":
+        from .attention import expected_attention_shapes
+
+        return expected_attention_shapes(config)
     f, e = config.encoder.feature_dim, config.decoder.embedding_dim
     u, v = config.decoder.units, config.vocab_size
     return {
@@ -59,6 +68,10 @@ def expected_shapes(config: CaptionerConfig) -> dict[str, tuple[int, ...]]:
     }
 
 
+# Tensors whose rows are the encoder's channels (both kinds name them alike).
+_CHANNEL_ROWS = ("init_h/kernel", "init_c/kernel", "att/W_a", "deep/L_z")
+
+
 def check_weights(weights: Mapping[str, np.ndarray], config: CaptionerConfig) -> None:
     """Raise DecoderWeightsError naming the first tensor that does not fit ``config``."""
     shapes = expected_shapes(config)
@@ -69,25 +82,30 @@ def check_weights(weights: Mapping[str, np.ndarray], config: CaptionerConfig) ->
     if extra:
         raise DecoderWeightsError(f"model.safetensors has unexpected tensor(s) {', '.join(extra)}")
     for name, shape in shapes.items():
-        got = tuple(weights[name].shape)
+        got = tuple(np.shape(weights[name]))
         if got != shape:
             hint = ""
-            if name == "embedding/embeddings" and got[0] != shape[0]:
-                hint = (
-                    f" (config.json says vocab_size={config.vocab_size}, the weights have {got[0]})"
-                )
+            if name == "embedding/embeddings" and got[:1] != shape[:1]:
+                hint = f" (config.json says vocab_size={shape[0]}, the weights have {got[0]})"
+            elif name in _CHANNEL_ROWS and got[:1] != shape[:1]:
+                hint = f" (the encoder gives {shape[0]} channels, the weights expect {got[0]})"
             raise DecoderWeightsError(
                 f"model.safetensors tensor {name} has shape {got}, config.json implies {shape}{hint}"
             )
 
 
-def save_weights(weights: Mapping[str, np.ndarray], path: str | os.PathLike) -> None:
+def save_weights(
+    weights: Mapping[str, np.ndarray], path: str | os.PathLike, config: CaptionerConfig
+) -> None:
+    """Write the decoder weights of ``config``'s kind as model.safetensors."""
+    kind = "imcap-attention-decoder/1" if config.decoder.kind == "attention" else "imcap-decoder/1"
     save_tensors(
-        {n: np.asarray(weights[n], dtype=np.float32) for n in WEIGHT_NAMES}, path, "imcap-decoder/1"
+        {n: np.asarray(weights[n], dtype=np.float32) for n in expected_shapes(config)}, path, kind
     )
 
 
 def load_weights(path: str | os.PathLike, config: CaptionerConfig) -> dict[str, np.ndarray]:
+    """Read model.safetensors and check it against ``config``."""
     from safetensors import SafetensorError
 
     try:
@@ -98,14 +116,33 @@ def load_weights(path: str | os.PathLike, config: CaptionerConfig) -> dict[str, 
     return weights
 
 
+def make_step_decoder(weights: Mapping[str, np.ndarray], config: CaptionerConfig):
+    """The numpy step decoder of ``config``'s kind (StepDecoder or AttentionStepDecoder)."""
+    if config.decoder.kind == "attention":
+        from .attention import AttentionStepDecoder
+
+        return AttentionStepDecoder(weights, config)
+    return StepDecoder(weights, config)
+
+
 # --- Keras training graph ---------------------------------------------------------------------
 
 
-def build_training_model(config: CaptionerConfig, seed: int | None = None):
-    """Keras model: (features (B, F), input ids (B, T)) -> logits (B, T, V).
+def build_training_model(config: CaptionerConfig, seed: int | None = None, alpha_reg: float = 0.0):
+    """The Keras training graph of ``config``'s kind: (features, input ids (B, T)) -> logits.
 
     Position t predicts token t+1 of ``<start> w1 .. wn <end>``; padding id 0 is masked.
+    ``alpha_reg``: the attention kind's doubly stochastic penalty (the pooled kind has none).
     """
+    if config.decoder.kind == "attention":
+        from .attention import build_attention_training_model
+
+        return build_attention_training_model(config, seed=seed, alpha_reg=alpha_reg)
+    return _build_pooled_training_model(config, seed)
+
+
+def _build_pooled_training_model(config: CaptionerConfig, seed: int | None):
+    """(features (B, F), input ids (B, T)) -> logits (B, T, V)."""
     import keras
     from keras import layers
 
@@ -156,13 +193,25 @@ def _keras_variables(model) -> dict[str, object]:
     return by_layer
 
 
+def _is_attention(model) -> bool:
+    return any(layer.name == "att_lstm" for layer in model.layers)
+
+
 def weights_from_keras(model) -> dict[str, np.ndarray]:
-    """The training graph's weights under the names model.safetensors uses."""
+    """The training graph's weights (either kind) under the names model.safetensors uses."""
+    if _is_attention(model):
+        from .attention import attention_weights_from_keras
+
+        return attention_weights_from_keras(model)
     variables = _keras_variables(model)
     return {name: np.asarray(variables[name].numpy(), dtype=np.float32) for name in WEIGHT_NAMES}
 
 
 def weights_into_keras(model, weights: Mapping[str, np.ndarray]) -> None:
+    if _is_attention(model):
+        from .attention import attention_weights_into_keras
+
+        return attention_weights_into_keras(model, weights)
     variables = _keras_variables(model)
     for name in WEIGHT_NAMES:
         variables[name].assign(weights[name])

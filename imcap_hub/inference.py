@@ -66,6 +66,7 @@ class DecodeOptions:
     top_p: float = 1.0
     seed: int | None = 0
     length_penalty: float = 1.0
+    return_attention: bool = False
 
     def __post_init__(self) -> None:
         if self.decoding not in DECODINGS:
@@ -87,9 +88,20 @@ class DecodeOptions:
         self.length_penalty = _number(
             self.length_penalty, "length_penalty", "a number >= 0", lambda v: v >= 0
         )
+        if not isinstance(self.return_attention, (bool, np.bool_)):
+            raise OptionsError(
+                f"return_attention must be true or false, got {self.return_attention!r}"
+            )
+        self.return_attention = bool(self.return_attention)
 
-    def validate(self, model_max_length: int) -> None:
-        """The checks that need the model: ``max_length`` within the model's own limit."""
+    def validate(self, model_max_length: int, has_attention: bool = True) -> None:
+        """The checks that need the model: ``max_length`` within the model's own limit, and
+        ``return_attention`` only for a model with an attention decoder."""
+        if self.return_attention and not has_attention:
+            raise OptionsError(
+                "return_attention: this model's decoder has no attention (it reads one pooled "
+                "feature vector per image); only an attention decoder gives per-word maps"
+            )
         if self.max_length is not None and self.max_length > model_max_length:
             raise OptionsError(
                 f"max_length must be an integer from 1 to {model_max_length} (this model's "
@@ -139,17 +151,40 @@ class DecodeOptions:
         return asdict(self)
 
 
+END_LABEL = "<end>"
+
+
 @dataclass
 class Caption:
-    """One caption: its text, length-normalised score, total log-probability and words."""
+    """One caption: its text, length-normalised score, total log-probability and words.
+
+    ``attention`` (only when asked for, attention decoders only): one (H, W) map per word and
+    a last one for the ``<end>`` step, each summing to 1; ``attention_labels`` names them.
+    """
 
     text: str
     score: float
     logprob: float
     tokens: list[str]
+    attention: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def attention_labels(self) -> list[str]:
+        return [*self.tokens, END_LABEL]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data: dict[str, Any] = {
+            "text": self.text,
+            "score": self.score,
+            "logprob": self.logprob,
+            "tokens": list(self.tokens),
+        }
+        if self.attention is not None:
+            data["attention"] = [
+                {"word": word, "grid": np.round(grid.astype(np.float64), 6).tolist()}
+                for word, grid in zip(self.attention_labels, self.attention)
+            ]
+        return data
 
 
 @dataclass
@@ -184,6 +219,8 @@ def search_features(
         "banned": (vocab.pad_id, vocab.start_id, vocab.unk_id),
         "length_penalty": options.length_penalty,
     }
+    if options.return_attention:
+        common["attention"] = model.decoder.attention
     state = model.decoder.init_state(features[None])
     if options.decoding == "greedy":
         return greedy(model.decoder.step, state, **common)
@@ -218,7 +255,10 @@ def single_threaded_blas():
 
 def _to_caption(model: ImageCaptioner, hyp: Hypothesis) -> Caption:
     words = [model.vocab.tokens[i] for i in hyp.token_ids]
-    return Caption(join_words(words), round(hyp.score, 6), round(hyp.logprob, 6), words)
+    maps = None
+    if hyp.attention is not None:
+        maps = hyp.attention.reshape(-1, *model.config.encoder.feature_shape[:2])
+    return Caption(join_words(words), round(hyp.score, 6), round(hyp.logprob, 6), words, maps)
 
 
 def predict_decodings(
@@ -233,7 +273,7 @@ def predict_decodings(
     ``error`` set, not raised.
     """
     for opts in options:
-        opts.validate(model.config.decoder.max_length)
+        opts.validate(model.config.decoder.max_length, model.config.decoder.kind == "attention")
     results = [[Prediction() for _ in images] for _ in options]
     decoded: list[np.ndarray] = []
     good: list[int] = []

@@ -24,7 +24,7 @@ from huggingface_hub.errors import (
 )
 
 from .config import CaptionerConfig
-from .decoder import StepDecoder, load_weights, random_weights, save_weights
+from .decoder import load_weights, make_step_decoder, random_weights, save_weights
 from .encoder import Encoder, build_keras_encoder, keras_weights
 from .errors import ImcapError
 from .images import ImageInput
@@ -130,7 +130,7 @@ class ImageCaptioner(
             )
         self.config = model_config
         self.vocab = vocab
-        self.decoder = StepDecoder(decoder_weights, model_config)
+        self.decoder = make_step_decoder(decoder_weights, model_config)
         self.encoder = image_encoder
         self.card = card
         self.metrics = metrics
@@ -178,7 +178,7 @@ class ImageCaptioner(
 
     def set_decoder_weights(self, weights: Mapping[str, np.ndarray]) -> None:
         """Replace the decoder's weights (checked against the config)."""
-        self.decoder = StepDecoder(weights, self.config)
+        self.decoder = make_step_decoder(weights, self.config)
 
     # --- inference ----------------------------------------------------------------------------
 
@@ -207,7 +207,7 @@ class ImageCaptioner(
         save_directory = Path(save_directory)
         self.config.save(save_directory / CONFIG_FILE)
         self.vocab.save(save_directory / VOCAB_FILE)
-        save_weights(self.decoder_weights, save_directory / DECODER_FILE)
+        save_weights(self.decoder_weights, save_directory / DECODER_FILE, self.config)
         if self.config.encoder.weights == "repo":
             save_tensors(
                 keras_weights(self.encoder.keras_model),

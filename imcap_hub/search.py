@@ -4,16 +4,22 @@ A step function maps (tokens (N,), state) to (log-probabilities (N, V), new stat
 state is a tuple of arrays whose first axis is N. Every search here scores a finished caption
 of n words plus ``<end>`` as ``logprob / (n + 1) ** length_penalty``; at ``max_length`` words
 only ``<end>`` may follow. Tokens in ``banned`` (pad, start, unknown) are never produced.
+
+Every search also takes ``attention``: None (the default), or a function of the state a step
+returns that gives that step's attention weights (N, L), e.g. ``lambda state: state[-1]`` for
+``AttentionStepDecoder``. Each Hypothesis then carries them, one row per step taken: one per
+word and one for ``<end>``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 StepFn = Callable[[np.ndarray, tuple], tuple[np.ndarray, tuple]]
+AttentionFn = Callable[[tuple], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -23,6 +29,9 @@ class Hypothesis:
     token_ids: tuple[int, ...]
     logprob: float
     score: float
+    # (len(token_ids) + 1, L) when the search was asked to record attention; not compared, so
+    # recording it changes no equality between hypotheses.
+    attention: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 def normalised(logprob: float, n_words: int, length_penalty: float) -> float:
@@ -56,15 +65,20 @@ def _decode_rows(
     max_length: int,
     banned: Sequence[int],
     length_penalty: float,
+    attention: AttentionFn | None = None,
 ) -> list[Hypothesis]:
     """One token per row per step, picked by ``choose(allowed log-probs) -> token ids``."""
     n = state[0].shape[0]
     tokens = np.full(n, start_id, dtype=np.int64)
     seqs: list[list[int]] = [[] for _ in range(n)]
+    maps: list[list[np.ndarray]] = [[] for _ in range(n)]
     logprob = np.zeros(n, dtype=np.float64)
     alive = np.arange(n)
     for n_words in range(max_length + 1):
         lp, state = step(tokens, state)
+        if attention is not None:
+            for row, weights in zip(alive, np.array(attention(state), copy=True)):
+                maps[row].append(weights)
         lp = _allowed(lp, banned, n_words, max_length, end_id)
         chosen = choose(lp)
         logprob[alive] += lp[np.arange(len(alive)), chosen]
@@ -75,8 +89,13 @@ def _decode_rows(
         if len(alive) == 0:
             break
     return [
-        Hypothesis(tuple(s), float(lp_), normalised(float(lp_), len(s), length_penalty))
-        for s, lp_ in zip(seqs, logprob)
+        Hypothesis(
+            tuple(s),
+            float(lp_),
+            normalised(float(lp_), len(s), length_penalty),
+            np.stack(m) if attention is not None else None,
+        )
+        for s, lp_, m in zip(seqs, logprob, maps)
     ]
 
 
@@ -89,6 +108,7 @@ def greedy(
     max_length: int,
     banned: Sequence[int] = (),
     length_penalty: float = 1.0,
+    attention: AttentionFn | None = None,
 ) -> list[Hypothesis]:
     """Best next token each step, for a batch of N independent states at once."""
     return _decode_rows(
@@ -100,6 +120,7 @@ def greedy(
         max_length=max_length,
         banned=banned,
         length_penalty=length_penalty,
+        attention=attention,
     )
 
 
@@ -114,6 +135,7 @@ def beam_search(
     num_results: int = 1,
     banned: Sequence[int] = (),
     length_penalty: float = 1.0,
+    attention: AttentionFn | None = None,
 ) -> list[Hypothesis]:
     """Beam search for one image (``state`` has one row); returns the n best, best first.
 
@@ -126,10 +148,15 @@ def beam_search(
     num_results = min(num_results, beam_size)
     tokens = np.array([start_id], dtype=np.int64)
     beams: list[tuple[int, ...]] = [()]
+    # Each beam's attention rows so far; they follow the beam through pruning and reordering.
+    beam_maps: list[tuple[np.ndarray, ...]] = [()]
     beam_lp = np.zeros(1, dtype=np.float64)
     finished: list[Hypothesis] = []
     for n_words in range(max_length + 1):
         lp, state = step(tokens, state)
+        if attention is not None:
+            step_maps = np.array(attention(state), copy=True)
+            beam_maps = [(*m, w) for m, w in zip(beam_maps, step_maps)]
         lp = _allowed(lp, banned, n_words, max_length, end_id)
         total = beam_lp[:, None] + lp.astype(np.float64)
         flat = total.ravel()
@@ -146,7 +173,10 @@ def beam_search(
                 seq = beams[row]
                 finished.append(
                     Hypothesis(
-                        seq, float(score), normalised(float(score), len(seq), length_penalty)
+                        seq,
+                        float(score),
+                        normalised(float(score), len(seq), length_penalty),
+                        np.stack(beam_maps[row]) if attention is not None else None,
                     )
                 )
             else:
@@ -157,6 +187,8 @@ def beam_search(
             break
         idx = np.array(keep_rows)
         beams = [beams[r] + (int(t),) for r, t in zip(keep_rows, keep_toks)]
+        if attention is not None:
+            beam_maps = [beam_maps[r] for r in keep_rows]
         beam_lp = np.array(keep_lp, dtype=np.float64)
         tokens = np.array(keep_toks, dtype=np.int64)
         state = _take(state, idx)
@@ -191,6 +223,7 @@ def sample(
     seed: int | None = None,
     banned: Sequence[int] = (),
     length_penalty: float = 1.0,
+    attention: AttentionFn | None = None,
 ) -> list[Hypothesis]:
     """Draw ``num_samples`` captions for one image; same seed, same captions.
 
@@ -220,5 +253,6 @@ def sample(
         max_length=max_length,
         banned=banned,
         length_penalty=length_penalty,
+        attention=attention,
     )
     return sorted(hyps, key=lambda h: -h.score)

@@ -40,5 +40,14 @@ def tiny_config(**decoder):
     )
 
 
+def tiny_attention_config(**decoder):
+    """``tiny_config`` with an attention decoder over the encoder's 4x4x12 grid."""
+    config = tiny_config(**{"kind": "attention", "attention_dim": 10, **decoder})
+    config.encoder.features = "spatial"
+    config.encoder.widths = [8, 16, 12]
+    config.validate()
+    return config
+
+
 def random_image(seed: int = 0, size: tuple[int, int] = (48, 64)) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)

@@ -58,7 +58,7 @@ def test_padding_mask_reaches_the_lstm():
 def test_weights_round_trip_through_safetensors(tmp_path):
     config = tiny_config()
     weights = random_weights(config, seed=3)
-    save_weights(weights, tmp_path / "model.safetensors")
+    save_weights(weights, tmp_path / "model.safetensors", config)
     loaded = load_weights(tmp_path / "model.safetensors", config)
     assert loaded.keys() == weights.keys()
     for name in weights:
@@ -66,7 +66,9 @@ def test_weights_round_trip_through_safetensors(tmp_path):
 
 
 def test_weights_that_do_not_fit_the_config_are_refused(tmp_path):
-    save_weights(random_weights(tiny_config(), seed=0), tmp_path / "model.safetensors")
+    save_weights(
+        random_weights(tiny_config(), seed=0), tmp_path / "model.safetensors", tiny_config()
+    )
     bigger_vocab = tiny_config()
     bigger_vocab.vocab_size += 5
     with pytest.raises(DecoderWeightsError, match="vocab_size=22, the weights have 17"):
@@ -86,6 +88,6 @@ def test_unreadable_weights_file(tmp_path):
 
 def test_weights_files_are_deterministic(tmp_path):
     weights = random_weights(tiny_config(), seed=4)
-    save_weights(weights, tmp_path / "a.safetensors")
-    save_weights(weights, tmp_path / "b.safetensors")
+    save_weights(weights, tmp_path / "a.safetensors", tiny_config())
+    save_weights(weights, tmp_path / "b.safetensors", tiny_config())
     assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()

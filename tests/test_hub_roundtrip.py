@@ -1,7 +1,8 @@
 """push_to_hub and from_pretrained through the real huggingface_hub client and the local Hub."""
 
+import numpy as np
 import pytest
-from helpers import random_image
+from helpers import random_image, tiny_attention_config
 
 from imcap_hub import ImageCaptioner, ModelLoadError
 
@@ -21,13 +22,27 @@ def pushed(hub_server, tiny_captioner):
     return repo_id
 
 
+@pytest.fixture(scope="module")
+def tiny_attention_captioner(tiny_vocab):
+    return ImageCaptioner.from_config(tiny_attention_config(), tiny_vocab, seed=0, runtime="keras")
+
+
+@pytest.mark.parametrize("kind", ["pooled", "attention"])
 def test_push_then_from_pretrained_gives_identical_captions(
-    hub_server, pushed, tiny_captioner, tmp_path
+    hub_server, tiny_captioner, tiny_attention_captioner, tmp_path, kind
 ):
-    model = ImageCaptioner.from_pretrained(pushed, cache_dir=tmp_path, runtime="keras")
-    assert _captions(model) == _captions(tiny_captioner)
-    assert model.source["kind"] == "hub" and model.source["model_id"] == pushed
+    original = tiny_captioner if kind == "pooled" else tiny_attention_captioner
+    repo_id = hub_server.new_repo_id(f"captioner-{kind}")
+    original.push_to_hub(repo_id, token=hub_server.token)
+    model = ImageCaptioner.from_pretrained(repo_id, cache_dir=tmp_path, runtime="keras")
+    assert _captions(model) == _captions(original)
+    assert model.config == original.config
+    assert model.source["kind"] == "hub" and model.source["model_id"] == repo_id
     assert len(model.source["revision"]) == 40
+    if kind == "attention":
+        best = model.caption(IMAGES[0], return_attention=True)[0]
+        want = original.caption(IMAGES[0], return_attention=True)[0]
+        np.testing.assert_array_equal(best.attention, want.attention)
 
 
 def test_older_revision_loads_by_commit_hash(hub_server, tiny_vocab, tmp_path):

@@ -1,0 +1,60 @@
+"""The encoder's spatial output (the grid the attention decoder reads), through every runtime."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+from helpers import random_image, tiny_config
+
+from imcap_hub.config import ConfigError, EncoderConfig
+from imcap_hub.encoder import Encoder, build_keras_encoder, keras_weights, runtime_available
+from imcap_hub.files import save_tensors
+
+
+@pytest.fixture(scope="module")
+def spatial_encoder_file(tmp_path_factory):
+    config = dataclasses.replace(tiny_config().encoder, features="spatial", widths=[8, 16, 12])
+    path = tmp_path_factory.mktemp("spatial") / "encoder.safetensors"
+    save_tensors(
+        keras_weights(build_keras_encoder(dataclasses.replace(config, weights="random"), seed=3)),
+        path,
+        "test",
+    )
+    return config, path
+
+
+@pytest.mark.parametrize("runtime", ["keras", "openvino", "onnxruntime"])
+def test_spatial_features_have_the_config_grid_and_agree_across_runtimes(
+    spatial_encoder_file, runtime
+):
+    if not runtime_available(runtime):
+        pytest.skip(f"{runtime} not installed")
+    config, path = spatial_encoder_file
+    assert config.feature_shape == (4, 4, 12)
+    images = [random_image(i, (40, 30)) for i in range(3)]
+    features = Encoder(config, weights_file=path, runtime=runtime).encode(images)
+    assert features.shape == (3, 4, 4, 12)
+    reference = Encoder(config, weights_file=path, runtime="keras").encode(images)
+    np.testing.assert_allclose(features, reference, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("config", "grid"),
+    [
+        (EncoderConfig(features="spatial", image_size=96), "3x3"),
+        (
+            EncoderConfig(
+                architecture="tiny_resnet",
+                weights="repo",
+                preprocessing="unit",
+                image_size=16,
+                widths=[8, 16, 32],
+                features="spatial",
+            ),
+            "2x2",
+        ),
+    ],
+)
+def test_a_spatial_grid_under_4x4_is_refused(config, grid):
+    with pytest.raises(ConfigError, match=f"at least 4x4; .* gives {grid}"):
+        config.validate()
