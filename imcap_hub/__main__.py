@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import sys
+from pathlib import Path
 
 from . import DecodeOptions, ImageCaptioner, ImcapError, predict_many
 from .encoder import RUNTIMES
+from .files import atomic_write
 from .inference import DECODINGS
 
 
@@ -30,7 +33,38 @@ def _parser() -> argparse.ArgumentParser:
     cap.add_argument("--seed", type=int, default=0)
     cap.add_argument("--runtime", choices=RUNTIMES, default="auto", help="encoder runtime")
     cap.add_argument("--json", action="store_true", help="print one JSON object per image")
+    cap.add_argument(
+        "--heatmaps",
+        metavar="DIR",
+        help="write one PNG per image into DIR: where the model looked for each word of the "
+        "best caption (attention models only)",
+    )
     return parser
+
+
+def _write_heatmaps(folder: Path, paths: list[str], results: list) -> list[Path]:
+    """One attention sheet per captioned image, named after the image (PNG)."""
+    from .heatmaps import attention_sheet
+    from .images import load_image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    taken: set[str] = set()
+    for path, result in zip(paths, results):
+        if result.error or not result.captions:
+            continue
+        stem = Path(path).stem
+        name, n = f"{stem}.png", 1
+        while name in taken:  # two images with one name in different folders
+            n += 1
+            name = f"{stem}-{n}.png"
+        taken.add(name)
+        best = result.captions[0]
+        sheet = attention_sheet(load_image(path), best.attention, best.attention_labels)
+        buffer = io.BytesIO()
+        sheet.save(buffer, format="PNG")
+        written.append(atomic_write(folder / name, buffer.getvalue()))
+    return written
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             temperature=args.temperature,
             top_p=args.top_p,
             seed=args.seed,
+            return_attention=bool(args.heatmaps),
         )
         model = ImageCaptioner.from_pretrained(
             args.model,
@@ -54,8 +89,13 @@ def main(argv: list[str] | None = None) -> int:
             runtime=args.runtime,
         )
         results = predict_many(model, args.images, options)
+        if args.heatmaps:
+            _write_heatmaps(Path(args.heatmaps), args.images, results)
     except ImcapError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: cannot write the heatmaps: {e}", file=sys.stderr)
         return 2
     failed = 0
     for path, result in zip(args.images, results):

@@ -90,3 +90,49 @@ def test_bad_model_or_options_exit_2_with_one_line(tiny_model_dir, image_files, 
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert message in result.stderr
+
+
+@pytest.fixture(scope="module")
+def attention_model_dir(tiny_vocab, tmp_path_factory):
+    from helpers import tiny_attention_config
+
+    model = ImageCaptioner.from_config(tiny_attention_config(), tiny_vocab, seed=1)
+    weights = dict(model.decoder_weights)
+    weights["logits/bias"] = weights["logits/bias"].copy()
+    weights["logits/bias"][tiny_vocab.end_id] = -3.0  # captions with words in them
+    model.set_decoder_weights(weights)
+    path = tmp_path_factory.mktemp("attention-model")
+    model.save_pretrained(path)
+    return path
+
+
+def test_heatmaps_writes_one_png_per_image_with_a_panel_per_word(
+    attention_model_dir, image_files, tmp_path
+):
+    from PIL import Image
+
+    good = image_files["good"]
+    out = tmp_path / "maps"
+    result = run_cli(*good, "--model", attention_model_dir, "--heatmaps", out, "--json")
+    assert result.returncode == 0, result.stderr
+    model = ImageCaptioner.from_pretrained(attention_model_dir)
+    # good.jpg and good.png: the second of two same-named images gets a suffix.
+    names = ["good.png", "good-2.png"]
+    assert [Path(p).stem for p in good] == ["good", "good"]
+    for path, line, name in zip(good, result.stdout.splitlines(), names, strict=True):
+        best = json.loads(line)["captions"][0]
+        assert best["text"] == model.caption(path)[0].text
+        assert [a["word"] for a in best["attention"]] == [*best["tokens"], "<end>"]
+        with Image.open(out / name) as sheet:
+            assert sheet.format == "PNG" and sheet.width > 100 and sheet.height > 100
+    assert sorted(p.name for p in out.iterdir()) == sorted(names)
+
+
+def test_heatmaps_from_a_pooled_model_is_one_line_and_exit_2(tiny_model_dir, image_files, tmp_path):
+    result = run_cli(
+        image_files["good"][0], "--model", tiny_model_dir, "--heatmaps", tmp_path / "m"
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "has no attention" in result.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "m").exists()
