@@ -1,21 +1,28 @@
-"""app.py through gradio_client: /caption, /caption_details, /model_info, errors, batching,
-model sources (demo fallback, Hub revision), and the example images against the demo model."""
+"""app.py through gradio_client: /caption, /caption_details, /model_info, errors, batching, the
+page (and its demo notice), the command line's exit status, the patch of Gradio's batched
+validators, and the example images against the demo model. Which model is served, and what is
+said about it, is tested without a server in test_serving.py."""
 
 from __future__ import annotations
 
+import ast
+import asyncio
 import base64
 import json
-import re
+import logging
+import sys
 import threading
 import time
 from pathlib import Path
 
+import gradio as gr
 import pytest
+from gradio import queueing
 from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 
 import app
-from imcap_hub import ImageCaptioner
+from imcap_hub import ImageCaptioner, serving
 from imcap_hub.demo import DEMO_MODEL_DIR, demo_model_available
 
 EXAMPLES = Path(app.__file__).parent / "examples"
@@ -90,12 +97,28 @@ def test_caption_details_nbest_timings_and_model(client, python_api, image_files
     assert all(len(c["tokens"]) <= 5 for c in sampled["captions"])
 
 
-def test_bad_options_get_a_clear_message(client, image_files):
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (("beam", 3, 5), "num_captions must be an integer from 1 to 3, got 5"),
+        (("nonsense",), "decoding must be one of"),
+        (("beam", 3, 1, 0), "max_length must be an integer from 1 to 10000, got 0"),
+        (("beam", 2.5), "beam_size must be an integer from 1 to 20, got 2.5"),
+        (("sample", 3, 1, 5, 1.0, 1.0, 0.5), "seed must be an integer"),
+    ],
+)
+def test_bad_options_get_a_message_naming_the_option(client, image_files, options, message):
     path = handle_file(image_files["good"][0])
-    with pytest.raises(AppError, match="num_captions must be an integer from 1 to 3"):
-        client.predict(path, "beam", 3, 5, api_name="/caption_details")
-    with pytest.raises(AppError, match="decoding must be one of"):
-        client.predict(path, "nonsense", api_name="/caption_details")
+    with pytest.raises(AppError, match=f"Bad option: {message}"):
+        client.predict(path, *options, api_name="/caption_details")
+
+
+def test_integral_floats_from_sliders_are_accepted(client, python_api, image_files):
+    path = image_files["good"][0]
+    details = client.predict(handle_file(path), "beam", 3.0, 2.0, 5.0, api_name="/caption_details")
+    assert details["options"]["beam_size"] == 3 and details["options"]["max_length"] == 5
+    expected = python_api.caption(path, beam_size=3, num_captions=2, max_length=5)
+    assert [c["text"] for c in details["captions"]] == [c.text for c in expected]
 
 
 @pytest.mark.parametrize("kind", sorted(BAD_MESSAGES))
@@ -186,7 +209,7 @@ def test_page_has_the_controls_and_model_panel(app_server):
     assert {"Decoding", "Beam width (beam search)", "Number of captions"} <= labels
     beam = next(p for p in props if p.get("label") == "Beam width (beam search)")
     assert beam["value"] == 3
-    assert config.get("max_file_size") == app.MAX_UPLOAD_MB * 1000**2 or config.get("max_file_size")
+    assert config["max_file_size"] == app.MAX_UPLOAD_MB * 2**20 == app.LIMITS.max_bytes
 
 
 @pytest.mark.skipif(not app.mcp_available(), reason="the mcp package is not installed")
@@ -215,66 +238,104 @@ def test_mcp_server_lists_and_calls_the_tools(app_server, image_files, python_ap
     assert answer.content[0].text == python_api.caption(good)[0].text
 
 
-# --- model sources ------------------------------------------------------------------------------
+# --- model sources, the command line, the source ------------------------------------------------
 
 
-def _demo_is(monkeypatch, folder):
-    monkeypatch.setattr(app, "DEMO_MODEL_DIR", Path(folder) if folder else Path("/nonexistent"))
-    monkeypatch.setattr(app, "demo_model_available", lambda: folder is not None)
+def _props(blocks: gr.Blocks, elem_id: str) -> list[dict]:
+    components = blocks.get_config_file()["components"]
+    return [c["props"] for c in components if c.get("props", {}).get("elem_id") == elem_id]
 
 
-def test_nothing_configured_serves_the_demo_model_and_says_so(monkeypatch, tiny_model_dir):
-    _demo_is(monkeypatch, tiny_model_dir)
-    loaded = app.load_model(None, warmup=False)
-    assert loaded.is_demo and "demo model" in loaded.notice
-    info = app.model_info(loaded)
-    assert info["is_demo_model"] and info["source"] == "demo" and info["notice"]
-    blocks = app.build_app(loaded)
-    notices = [
-        c["props"]["value"]
-        for c in blocks.get_config_file()["components"]
-        if c.get("props", {}).get("elem_id") == "model-notice"
-    ]
-    assert notices and "demo model" in notices[0]
+def test_the_demo_model_is_announced_on_the_page(tiny_model_dir):
+    loaded = serving.load_model(None, demo_dir=tiny_model_dir, warmup=False)
+    (notice,) = _props(app.build_app(loaded), "model-notice")
+    assert notice["value"] == f"**Demo model.** {serving.NO_MODEL_NOTICE}"
 
 
-def test_unreachable_hub_falls_back_to_the_demo_model(monkeypatch, tiny_model_dir, hub_server):
-    """Offline (as huggingface_hub sees it) and not cached: the demo model, with a notice."""
-    from huggingface_hub import constants
+def test_the_model_card_body_is_on_the_page(app_server):
+    """The card's body (not its metadata header) in the "Model card" accordion."""
+    card = app_server.loaded.model.card
+    (shown,) = _props(app_server.demo, "model-card")
+    assert shown["value"] == serving.parse_card(card).body
+    assert not shown["value"].startswith("---") and shown["value"].strip() in card
 
-    _demo_is(monkeypatch, tiny_model_dir)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    repo_id = hub_server.new_repo_id("never-cached")
-    loaded = app.load_model(repo_id, warmup=False)
-    assert (
-        loaded.is_demo and repo_id in loaded.notice and "Hub could not be reached" in loaded.notice
+
+def test_a_model_that_cannot_be_served_exits_2_with_one_line(capsys):
+    assert app.main(["--model", "/nonexistent/model", "--no-mcp"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "error: cannot load model '/nonexistent/model': '/nonexistent/model' is neither a model "
+        "folder nor a valid Hub repo id\n"
     )
-    info = app.model_info(loaded)
-    assert info["requested_model"] == repo_id and info["is_demo_model"]
 
 
-def test_no_demo_model_and_nothing_configured_fails_clearly(monkeypatch):
-    _demo_is(monkeypatch, None)
-    with pytest.raises(app.AppConfigError, match="demo model is not present.*--model"):
-        app.load_model(None)
-    assert app.main(["--model", "/nonexistent/model"]) == 2
+def test_app_py_is_the_page_and_its_wiring_only():
+    """At most 250 lines, and no imports but imcap_hub, gradio and the standard library."""
+    source = Path(app.__file__).read_text()
+    assert len(source.splitlines()) <= 250
+    imported = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            imported |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            imported.add(node.module.split(".")[0])
+    assert imported - sys.stdlib_module_names - {"__future__"} == {"gradio", "imcap_hub"}
 
 
-def test_a_wrong_model_name_is_an_error_not_the_demo(monkeypatch, tiny_model_dir, hub_server):
-    _demo_is(monkeypatch, tiny_model_dir)
-    with pytest.raises(app.AppConfigError, match="not found on the Hub"):
-        app.load_model(hub_server.new_repo_id("missing"), warmup=False)
+# --- the patch of Gradio's batched validators --------------------------------------------------
 
 
-def test_hub_model_shows_its_commit_hash(tiny_captioner, hub_server):
-    repo_id = hub_server.new_repo_id("app")
-    tiny_captioner.push_to_hub(repo_id, token=hub_server.token)
-    loaded = app.load_model(repo_id, "main", token=hub_server.token, warmup=False)
-    info = app.model_info(loaded)
-    assert info["source"] == "hub" and info["model_id"] == repo_id
-    assert re.fullmatch(r"[0-9a-f]{40}", info["revision"])
-    assert info["requested_revision"] == "main"
-    assert info["revision"] in app.model_panel_markdown(info)
+def _unpatched():
+    current = queueing.process_validation_response
+    return getattr(current, "__wrapped__", current)
+
+
+def test_batched_validator_patch_refuses_what_gradio_would_take_for_valid(app_server, tmp_path):
+    """The /caption validator (batch=True) answers ``([verdict],)``; Gradio unbatches that to
+    ``(verdict,)`` for the one request being queued, and Gradio 6.31's
+    process_validation_response only reads lists: a tuple of refusals passes as valid."""
+    assert app._accept_batched_validator_answers()
+    patched, original = queueing.process_validation_response, _unpatched()
+    assert patched is not original
+    refused = (gr.validate(False, "msg"),)
+    assert original(refused) == (True, [{"is_valid": True, "message": ""}])  # the bug
+    valid, data = patched(refused)
+    assert valid is False and [d["message"] for d in data] == ["msg"]
+    assert patched((gr.validate(True, ""),))[0] is True
+    assert patched([gr.validate(False, "msg")])[0] is False  # lists as before
+
+    # The same, through Gradio: what the queue gets from the app's own validator.
+    from gradio.state_holder import SessionState
+
+    blocks = app.build_app(app_server.loaded)  # not launched: takes files from anywhere
+    (fn,) = [f for f in blocks.fns.values() if f.api_name == "caption"]
+    bad = tmp_path / "x.jpg"
+    bad.write_text("not an image")
+    upload = {"path": str(bad), "orig_name": "x.jpg", "meta": {"_type": "gradio.FileData"}}
+    assert fn.validator([upload])[0][0]["is_valid"] is False  # ([verdict],)
+    answer = asyncio.run(
+        blocks.process_api(
+            block_fn=queueing.create_validator_fn(fn), inputs=[[upload]], state=SessionState(blocks)
+        )
+    )["data"][0]  # route_utils.call_process_api's data for one request of a batch=True event
+    assert isinstance(answer, tuple)
+    assert original(answer, fn)[0] is True
+    valid, data = patched(answer, fn)
+    assert valid is False and data[0]["message"] == "'x.jpg': not an image (unrecognised format)"
+
+
+def test_batched_validator_patch_is_skipped_on_another_gradio(monkeypatch, caplog):
+    original = _unpatched()
+    monkeypatch.setattr(queueing, "process_validation_response", original)
+    monkeypatch.setattr(gr, "__version__", "6.32.0")
+    with caplog.at_level(logging.WARNING, logger="imcap.app"):
+        assert app._accept_batched_validator_answers() is False
+    assert queueing.process_validation_response is original
+    (record,) = [r for r in caplog.records if r.name == "imcap.app"]
+    assert record.levelno == logging.WARNING
+    assert "Skipped the batched-validator patch" in record.getMessage()
+    assert app.PATCHED_GRADIO == "6.31.0" and "6.31.0" in record.getMessage()
+    assert "6.32.0" in record.getMessage()
 
 
 # --- the example images -------------------------------------------------------------------------
