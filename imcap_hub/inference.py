@@ -31,9 +31,10 @@ class OptionsError(ImcapError, ValueError):
     """A decoding option of the wrong type or out of range; the message names it."""
 
 
-def _integer(value: Any, name: str, low: int, high: int) -> int:
-    """``value`` as an int in [low, high]; integral floats (3.0, as UIs send them) are accepted."""
-    allowed = f"an integer from {low} to {high}"
+def _integer(value: Any, name: str, low: int, high: int, allowed: str | None = None) -> int:
+    """``value`` as an int in [low, high]; integral floats (3.0, as UIs send them) are accepted.
+    ``allowed``: the range in words, when ``high`` is not what the user should read."""
+    allowed = allowed or f"an integer from {low} to {high}"
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise OptionsError(f"{name} must be {allowed}, got {value!r}")
     if not math.isfinite(value) or value != int(value) or not low <= int(value) <= high:
@@ -80,7 +81,9 @@ class DecodeOptions:
         except OptionsError as e:
             raise OptionsError(f"{e} (for {self.decoding} decoding)") from None
         if self.max_length is not None:
-            self.max_length = _integer(self.max_length, "max_length", 1, 10_000)
+            self.max_length = _integer(
+                self.max_length, "max_length", 1, 10_000, "a positive integer (words)"
+            )
         self.temperature = _number(self.temperature, "temperature", "a number > 0", lambda v: v > 0)
         self.top_p = _number(self.top_p, "top_p", "a number in (0, 1]", lambda v: 0 < v <= 1)
         if self.seed is not None:

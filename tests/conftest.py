@@ -203,8 +203,8 @@ def app_model_dir(tiny_model_dir, tmp_path_factory):
 def app_server(app_model_dir):
     """app.py's Blocks serving ``app_model_dir`` on a free 127.0.0.1 port for the session.
 
-    ``.url``, ``.demo`` (the Blocks), ``.loaded`` (app.LoadedModel), ``.service``
-    (app.Captioner: ``.batch_sizes``, ``._lock``), ``.client()`` (a new gradio_client.Client).
+    ``.url``, ``.demo`` (the Blocks), ``.loaded`` (serving.LoadedModel), ``.service``
+    (serving.CaptionService: ``.batch_sizes``, ``._lock``), ``.client()`` (a new gradio_client.Client).
     """
     from types import SimpleNamespace
 

@@ -102,7 +102,7 @@ def test_caption_details_nbest_timings_and_model(client, python_api, image_files
     [
         (("beam", 3, 5), "num_captions must be an integer from 1 to 3, got 5"),
         (("nonsense",), "decoding must be one of"),
-        (("beam", 3, 1, 0), "max_length must be an integer from 1 to 10000, got 0"),
+        (("beam", 3, 1, 0), "max_length must be a positive integer \\(words\\), got 0"),
         (("beam", 2.5), "beam_size must be an integer from 1 to 20, got 2.5"),
         (("sample", 3, 1, 5, 1.0, 1.0, 0.5), "seed must be an integer"),
     ],

@@ -469,9 +469,9 @@ def test_caption_details_answer(service, image_files):
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"max_length": 0}, "max_length must be an integer from 1 to 10000, got 0"),
+        ({"max_length": 0}, "max_length must be a positive integer \\(words\\), got 0"),
         ({"max_length": 9}, r"max_length must be an integer from 1 to 8 \(this model's limit\)"),
-        ({"max_length": 2.5}, "max_length must be an integer"),
+        ({"max_length": 2.5}, "max_length must be a positive integer \\(words\\), got 2.5"),
         ({"beam_size": 2.5}, "beam_size must be an integer from 1 to 20, got 2.5"),
         ({"num_captions": 5}, r"num_captions must be an integer from 1 to 3, got 5 \(for beam"),
         ({"decoding": "nonsense"}, "decoding must be one of greedy, beam, sample"),
