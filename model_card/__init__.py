@@ -1,4 +1,5 @@
-"""The imcap model card: a Jinja2 template (``template.md``) and what fills it (``render.py``)."""
+"""The imcap model card: a Jinja2 template (``template.md``) and what fills it (``render.py``)
+from the model config, the metrics and the run's :class:`training.record.TrainRecord`."""
 
 from .render import (
     DEFAULT_LICENSE,

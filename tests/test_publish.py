@@ -1,4 +1,5 @@
-"""training.publish: the model folder, and pushing it to the (local) Hub."""
+"""training.publish: the model folder, and pushing it to the (local) Hub; the card and the
+commit message name the same best decoding."""
 
 import json
 from pathlib import Path
@@ -6,13 +7,15 @@ from pathlib import Path
 import pytest
 from helpers import random_image, tiny_config
 from huggingface_hub import HfApi, hf_hub_download
+from test_record import synthetic_record
 
 from imcap_hub import ImageCaptioner, ImcapError
 from model_card import render_card
-from training.publish import PublishError, PublishResult, publish
+from training.evaluate import best_decoding
+from training.publish import PublishError, PublishResult, _default_commit_message, publish
 
 IMAGES = [random_image(seed, (40, 52)) for seed in range(3)]
-INFO = {"dataset": {"name": "synthetic-shapes", "layout": "flickr8k"}, "seed": 0}
+RECORD = synthetic_record()
 MODEL_FILES = [
     "README.md",
     "config.json",
@@ -37,12 +40,12 @@ def model(tiny_vocab):
 
 def test_publish_writes_the_model_folder(model, eval_metrics, tmp_path):
     out = tmp_path / "model"
-    result = publish(model, out, metrics=eval_metrics, training_info=INFO)
+    result = publish(model, out, metrics=eval_metrics, record=RECORD)
     assert isinstance(result, PublishResult)
     assert (result.out_dir, result.repo_id, result.commit_hash) == (out, None, None)
     assert result.files == MODEL_FILES == sorted(p.name for p in out.iterdir())
     card = (out / "README.md").read_text()
-    assert card == model.card == render_card(model.config, eval_metrics, INFO)
+    assert card == model.card == render_card(model.config, eval_metrics, RECORD)
     assert json.loads((out / "metrics.json").read_text()) == eval_metrics == model.metrics
     loaded = ImageCaptioner.from_pretrained(out, runtime="keras")
     assert _captions(loaded) == _captions(model)
@@ -50,8 +53,8 @@ def test_publish_writes_the_model_folder(model, eval_metrics, tmp_path):
 
 
 def test_republish_without_metrics_leaves_no_stale_metrics(model, eval_metrics, tmp_path):
-    publish(model, tmp_path, metrics=eval_metrics, training_info=INFO)
-    result = publish(model, tmp_path, metrics=None, training_info=INFO)
+    publish(model, tmp_path, metrics=eval_metrics, record=RECORD)
+    result = publish(model, tmp_path, metrics=None, record=RECORD)
     assert "metrics.json" not in result.files
     assert "not evaluated" in (tmp_path / "README.md").read_text().lower()
 
@@ -62,7 +65,7 @@ def test_push_then_from_pretrained_gives_the_same_model(hub_server, model, eval_
         model,
         tmp_path / "model",
         metrics=eval_metrics,
-        training_info=INFO,
+        record=RECORD,
         repo_id=repo_id,
         token=hub_server.token,
         commit_message="first model",
@@ -82,7 +85,7 @@ def test_push_then_from_pretrained_gives_the_same_model(hub_server, model, eval_
 
 def test_repush_deletes_what_the_model_no_longer_has(hub_server, model, eval_metrics, tmp_path):
     repo_id = hub_server.new_repo_id("republished")
-    common = {"training_info": INFO, "repo_id": repo_id, "token": hub_server.token}
+    common = {"record": RECORD, "repo_id": repo_id, "token": hub_server.token}
     publish(model, tmp_path / "a", metrics=eval_metrics, **common)
     publish(model, tmp_path / "b", metrics=None, **common)
     files = HfApi(token=hub_server.token).list_repo_files(repo_id)
@@ -97,7 +100,7 @@ def test_push_to_a_new_branch(hub_server, model, tmp_path):
         model,
         tmp_path / "model",
         metrics=None,
-        training_info=INFO,
+        record=RECORD,
         repo_id=repo_id,
         token=hub_server.token,
         branch="experiment",
@@ -121,7 +124,7 @@ def test_bad_token_is_a_clear_one_line_error(hub_server, model, tmp_path, token_
             model,
             tmp_path / "model",
             metrics=None,
-            training_info=INFO,
+            record=RECORD,
             repo_id=repo_id,
             token=token,
         )
@@ -133,7 +136,7 @@ def test_bad_token_is_a_clear_one_line_error(hub_server, model, tmp_path, token_
 @pytest.mark.parametrize("repo_id", ["no namespace", "a/b/c", "name-only"])
 def test_invalid_repo_id_is_refused_before_writing(model, tmp_path, repo_id):
     with pytest.raises(PublishError, match="repo id"):
-        publish(model, tmp_path / "model", metrics=None, training_info=INFO, repo_id=repo_id)
+        publish(model, tmp_path / "model", metrics=None, record=RECORD, repo_id=repo_id)
     assert not (tmp_path / "model").exists()
 
 
@@ -146,8 +149,79 @@ def test_unreachable_hub_is_a_clear_error(model, tmp_path, monkeypatch):
             model,
             tmp_path / "model",
             metrics=None,
-            training_info=INFO,
+            record=RECORD,
             repo_id="tester/unreachable",
             token="hf_x",
         )
     assert "\n" not in str(info.value)
+
+
+# --- the best decoding --------------------------------------------------------------------------
+
+
+def _scores(bleu4: float, cider: float) -> dict[str, float]:
+    other = {"BLEU-1": 0.5, "BLEU-2": 0.4, "BLEU-3": 0.3, "METEOR": 0.2, "ROUGE-L": 0.4}
+    return {**other, "BLEU-4": bleu4, "CIDEr": cider}
+
+
+def _metrics(**decodings) -> dict:
+    return {
+        "split": "test",
+        "n_images": 8,
+        "n_references": 32,
+        "decodings": {label.replace("_", "-"): s for label, s in decodings.items()},
+        "examples": [],
+    }
+
+
+# greedy has the best BLEU-4, beam-5 the best CIDEr: they disagree.
+DISAGREE = _metrics(
+    greedy=_scores(0.30, 0.50), beam_5=_scores(0.20, 0.90), sample=_scores(0.1, 0.2)
+)
+
+
+@pytest.mark.parametrize(
+    ("metrics", "best"),
+    [
+        (DISAGREE, "beam-5"),
+        (_metrics(greedy=_scores(0.30, 0.70), beam_3=_scores(0.35, 0.70)), "beam-3"),  # tie
+        (_metrics(greedy=_scores(0.30, 0.70), beam_3=_scores(0.30, 0.70)), "greedy"),  # first
+        (_metrics(), None),
+        (None, None),
+    ],
+    ids=["cider-first", "bleu4-breaks-a-tie", "first-of-equals", "no-decodings", "no-metrics"],
+)
+def test_best_decoding_ranks_by_cider_then_bleu4(metrics, best):
+    found = best_decoding(metrics)
+    assert (found[0] if found else None) == best
+    if found:
+        assert found[1] is metrics["decodings"][best]
+
+
+def test_the_card_and_the_commit_message_name_the_same_decoding(model):
+    card = render_card(model.config, DISAGREE, RECORD)
+    message = _default_commit_message(model, DISAGREE, RECORD)
+    assert "with beam search (beam 5)." in card and "greedy decoding." not in card
+    assert "BLEU-4 0.2000 and CIDEr 0.9000" in card
+    assert message == (
+        "imcap tiny_resnet + LSTM captioner trained on synthetic-shapes "
+        "(BLEU-4 0.2000, CIDEr 0.9000, beam-5, test split)"
+    )
+    assert _default_commit_message(model, None, RECORD) == (
+        "imcap tiny_resnet + LSTM captioner trained on synthetic-shapes"
+    )
+
+
+def test_a_push_without_a_message_commits_the_cards_best_decoding(hub_server, model, tmp_path):
+    repo_id = hub_server.new_repo_id("best")
+    publish(
+        model,
+        tmp_path / "model",
+        metrics=DISAGREE,
+        record=RECORD,
+        repo_id=repo_id,
+        token=hub_server.token,
+    )
+    title = HfApi(token=hub_server.token).list_repo_commits(repo_id)[0].title
+    assert "beam-5" in title and "CIDEr 0.9000" in title
+    assert "beam search (beam 5)" in (tmp_path / "model" / "README.md").read_text()

@@ -1,6 +1,7 @@
-"""Training (training/train.py): the batches and the masked loss, learning on held-out
-images, checkpoints that resume after a SIGKILL with identical weights, early stopping, and
-MirroredStrategy on two logical CPU devices."""
+"""Training (training/train.py, and the train stage of training/stages.py): the batches and
+the masked loss, learning on held-out images, checkpoints that resume after a SIGKILL with
+identical weights, early stopping, TF op determinism left as found, and MirroredStrategy on two
+logical CPU devices."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pandas as pd
 import pytest
 
 from imcap_hub import CaptionerConfig, DecoderConfig, EncoderConfig, Vocabulary
+from training.checkpoints import read_state
 from training.run_config import TrainingSection
 from training.train import (
     Split,
@@ -25,7 +27,6 @@ from training.train import (
     epoch_order,
     fit,
     make_dataset,
-    read_state,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -191,9 +192,7 @@ def test_training_killed_mid_epoch_resumes_to_the_same_weights_as_an_uninterrupt
     )
     assert proc.returncode == -signal.SIGKILL, proc.stdout[-1000:] + proc.stderr[-2000:]
     state = read_state(killed)
-    assert (
-        state["epoch"] == 2 and sorted(p.name for p in killed.glob("epoch-*"))[-1] == "epoch-0002"
-    )
+    assert state.epoch == 2 and sorted(p.name for p in killed.glob("epoch-*"))[-1] == "epoch-0002"
 
     data, config = random_data(images=True), tiny_train_config()
     train = settings(train_encoder=True)
@@ -214,11 +213,11 @@ def test_training_killed_mid_epoch_resumes_to_the_same_weights_as_an_uninterrupt
 
 
 def test_resuming_with_other_settings_is_refused(tmp_path):
-    from training.train import TrainingError
+    from training.checkpoints import CheckpointError
 
     data, config = random_data(images=False), tiny_train_config()
     fit(config, data, tmp_path, settings(epochs=1), log=quiet)
-    with pytest.raises(TrainingError, match="--fresh"):
+    with pytest.raises(CheckpointError, match="--fresh"):
         fit(config, data, tmp_path, settings(epochs=2, learning_rate=0.5), log=quiet)
     again = fit(
         config, data, tmp_path, settings(epochs=2, learning_rate=0.5), resume=False, log=quiet
@@ -253,11 +252,54 @@ def test_early_stopping_keeps_the_best_epoch(tmp_path):
     assert (again.resumed_from, again.epochs_run, again.best_epoch) == (3, 3, 1)
 
 
+# --- TF op determinism -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def determinism():
+    """Sets TF op determinism for a test and puts it back afterwards."""
+    from training.train import _op_determinism, _set_op_determinism
+
+    before = _op_determinism()
+    assert before is not None
+    yield _set_op_determinism
+    _set_op_determinism(before)
+
+
+@pytest.mark.parametrize("asked", [True, False], ids=["deterministic", "not-deterministic"])
+@pytest.mark.parametrize("found", [False, True], ids=["found-off", "found-on"])
+def test_fit_leaves_op_determinism_as_it_found_it(tmp_path, determinism, found, asked):
+    import keras
+
+    from training.train import _op_determinism
+
+    determinism(found)
+    assert _op_determinism() is found  # _set_op_determinism really sets what it is asked
+
+    seen = []
+
+    class Probe(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            seen.append(_op_determinism())
+
+    data, config = random_data(images=False), tiny_train_config()
+    fit(
+        config,
+        data,
+        tmp_path,
+        settings(epochs=1, deterministic=asked),
+        callbacks=[Probe()],
+        log=quiet,
+    )
+    assert seen == [found or asked]  # on while fitting when asked; else left alone
+    assert _op_determinism() is found
+
+
 # --- tf.distribute ----------------------------------------------------------------------------
 
 MIRRORED = textwrap.dedent(
     """
-    import json, sys
+    import dataclasses, json, sys
     import imcap_hub
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
@@ -275,7 +317,7 @@ MIRRORED = textwrap.dedent(
         result = fit(config, data, {root!r} + "/" + name, settings(epochs=3, strategy=name),
                      seed=1, log=quiet, strategy=strategy)
         out[name] = {{
-            "strategy": result.strategy,
+            "strategy": dataclasses.asdict(result.strategy),
             "history": result.history,
             "weights": {{k: v.tolist() for k, v in result.decoder_weights.items()}},
         }}
@@ -325,8 +367,9 @@ def test_a_short_run_captions_held_out_images_far_better_than_chance(tmp_path):
     """
     from imcap_hub import DecodeOptions, ImageCaptioner, predict_many
     from training.prepare import prepare
+    from training.record import TrainRecord
     from training.run_config import RunConfig
-    from training.train import train_stage
+    from training.stages import train_stage
 
     config = RunConfig.from_dict(
         {
@@ -364,8 +407,12 @@ def test_a_short_run_captions_held_out_images_far_better_than_chance(tmp_path):
         }
     )
     prepare(config, progress=False, log=quiet)
-    info = train_stage(config, progress=False, log=quiet)
-    assert info["data"]["train"]["images"] == 420 and info["epochs_run"] == 40
+    record = train_stage(config, progress=False, log=quiet)
+    assert record.used["train"].images == 420 and record.epochs_run == 40
+    assert [e.epoch for e in record.history] == list(range(1, 41))
+    assert record.best_epoch == min(record.history, key=lambda e: e.val_loss).epoch
+    assert record.train_encoder and record.splits["test"].images == 120
+    assert TrainRecord.read(config.paths.train_info) == record  # what train.json holds
 
     data = config.paths.data / "synthetic-flickr8k"
     scenes = json.loads((data / "synthetic.json").read_text())["scenes"]

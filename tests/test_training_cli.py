@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from huggingface_hub import HfApi
 
-from imcap_hub import ImageCaptioner, load_image
+from imcap_hub import DecodeOptions, ImageCaptioner, load_image
 from training.__main__ import main
+from training.evaluate import best_decoding
+from training.record import TrainRecord
 from training.run_config import RunConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,6 +100,20 @@ def test_run_pushes_a_model_that_loads_from_the_hub_and_captions_like_the_local_
     assert "model-index" in card and "BLEU-4 (greedy)" in card
     assert json.loads((local_dir / "config.json").read_text())["encoder"]["weights"] == "repo"
 
+    # train.json is the run's record; the card says what it says
+    record = TrainRecord.read(run / "train.json")
+    assert record.train_encoder is train_encoder and record.epochs_run == len(record.history) == 2
+    assert record.dataset.layout == layout and record.dataset.synthetic
+    assert record.used["train"].captions == record.splits["train"].captions
+    assert set(record.stage_seconds) == {"prepare", "train"}
+    assert f"| encoder trained | {'yes' if train_encoder else 'no'} |" in card
+    assert "| time: evaluate |" in card  # push brings the stage times up to date
+    # the card's summary and the commit message name the same best decoding
+    best, _ = best_decoding(metrics)
+    assert f"with {DecodeOptions.from_label(best).describe()}." in card
+    title = HfApi(token=hub_server.token).list_repo_commits(repo_id)[0].title
+    assert title.endswith(f", {best}, test split)"), title
+
     local = ImageCaptioner.from_pretrained(local_dir)
     hub = ImageCaptioner.from_pretrained(repo_id, token=hub_server.token)
     assert hub.source["kind"] == "hub" and hub.metrics == local.metrics
@@ -163,6 +181,23 @@ def test_user_mistakes_are_one_line_and_exit_2(tmp_path, capsys, change, command
     path.write_text(json.dumps(config))
     assert main([command, str(path)]) == 2
     assert message in _one_error_line(capsys.readouterr().err)
+
+
+def test_push_of_a_run_trained_by_an_older_imcap_says_to_train_again(
+    tmp_path, capsys, tiny_model_dir
+):
+    """train.json from before the training record: one line that says what to do."""
+    path = tmp_path / "run.json"
+    path.write_text(
+        json.dumps({"name": "old", "work_dir": str(tmp_path), "dataset": {"path": "."}})
+    )
+    shutil.copytree(tiny_model_dir, tmp_path / "old" / "trained")
+    old = {"best_epoch": 2, "epochs_run": 2, "history": {"loss": [2.9, 2.8]}, "seed": 0}
+    (tmp_path / "old" / "train.json").write_text(json.dumps(old))
+    assert main(["push", str(path), "--no-progress"]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "an older imcap wrote it" in line and "python -m training train" in line
+    assert not (tmp_path / "old" / "model").exists()
 
 
 def test_a_beam_too_wide_is_refused_when_the_config_is_read_before_any_stage(tmp_path, capsys):

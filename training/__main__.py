@@ -1,7 +1,9 @@
 """python -m training prepare|train|evaluate|push|run CONFIG.json
 
-Every command reads the same run config (``training.run_config.RunConfig``) and works in its
-run folder ``<work_dir>/<name>/``; ``run`` does all four stages. ``--set KEY=VALUE`` changes
+The command line only: the parser, loading the config, errors and exit codes, and
+``example-config``; the stages themselves are in ``training.stages``. Every command reads the
+same run config (``training.run_config.RunConfig``) and works in its run folder
+``<work_dir>/<name>/``; ``run`` does all four stages. ``--set KEY=VALUE`` changes
 one setting for this call (``--set training.epochs=5``). A mistake the user can fix (a
 missing dataset, a bad key, an unreachable Hub) is one ``error:`` line and exit status 2;
 an interrupted command exits with 130 and resumes when run again.
@@ -13,13 +15,9 @@ import argparse
 import json
 import logging
 import sys
-import time
-from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from imcap_hub.errors import ImcapError
-from imcap_hub.files import atomic_write_json
 from training.datasets import SPLITS
 from training.run_config import RunConfig, RunConfigError
 
@@ -66,230 +64,6 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "training": {"epochs": 20, "batch_size": 32, "train_encoder": True},
     },
 }
-
-
-def _log(message: str) -> None:
-    print(message, flush=True)
-
-
-# --- stage bookkeeping ------------------------------------------------------------------------
-
-
-def _record_stage(config: RunConfig, stage: str, seconds: float, **extra: Any) -> None:
-    path = config.paths.stages
-    stages = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-    stages[stage] = {
-        "seconds": round(seconds, 2),
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        **extra,
-    }
-    atomic_write_json(path, stages, sort_keys=True)
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
-
-
-def training_info(config: RunConfig) -> dict[str, Any]:
-    """What the model card says about the run (see ``model_card/render.py``)."""
-    paths = config.paths
-    prep = _read_json(paths.prepare_info) or {}
-    tr = _read_json(paths.train_info) or {}
-    stages = _read_json(paths.stages) or {}
-    ds = config.dataset
-    history = tr.get("history") or {}
-    n_epochs = max((len(v) for v in history.values()), default=0)
-    rows = []
-    for i in range(n_epochs):
-        row: dict[str, Any] = {"epoch": i + 1}
-        for key in ("loss", "token_accuracy", "val_loss", "val_token_accuracy"):
-            if key in history and i < len(history[key]):
-                row[key] = history[key][i]
-        seconds = tr.get("epoch_seconds") or []
-        if i < len(seconds):
-            row["seconds"] = round(seconds[i], 1)
-        rows.append(row)
-    prep_ds = prep.get("dataset") or {}
-    dataset = {
-        "name": ds.display_name,
-        "layout": prep_ds.get("layout", ds.layout),
-        "synthetic": ds.synthetic is not None,
-    }
-    if ds.url:
-        dataset["url"] = ds.url
-    if ds.license:
-        dataset["license"] = ds.license
-    if ds.synthetic is not None:
-        dataset["synthetic_config"] = ds.synthetic
-    t = config.training
-    return {
-        "name": config.publish.model_name or config.name,
-        "dataset": dataset,
-        "splits": prep.get("splits"),
-        "vocabulary": prep.get("vocab"),
-        "training": {
-            "epochs": t.epochs,
-            "epochs_run": tr.get("epochs_run"),
-            "best_epoch": tr.get("best_epoch"),
-            "stopped_early": tr.get("stopped_early"),
-            "batch_size": t.batch_size,
-            "learning_rate": t.learning_rate,
-            "lr_schedule": t.lr_schedule,
-            "clipnorm": t.clipnorm,
-            "patience": t.patience,
-            "train_encoder": t.train_encoder,
-            "strategy": tr.get("strategy"),
-            "history": rows,
-            # The card is written before the push it describes: a push time would be the last one's.
-            "seconds": {
-                k: v.get("seconds")
-                for k, v in stages.items()
-                if isinstance(v, dict) and k != "push"
-            },
-        },
-        "features": prep.get("cache"),
-        "seed": config.seed,
-        "hardware": tr.get("hardware"),
-        "config": config.to_dict(),
-    }
-
-
-# --- stages -----------------------------------------------------------------------------------
-
-
-def stage_prepare(config: RunConfig, args) -> None:
-    from training.prepare import prepare
-
-    start = time.perf_counter()
-    prepare(config, progress=args.progress, log=_log)
-    _record_stage(config, "prepare", time.perf_counter() - start)
-
-
-def stage_train(config: RunConfig, args) -> None:
-    from training.train import train_stage
-
-    start = time.perf_counter()
-    info = train_stage(config, fresh=args.fresh, progress=args.progress, log=_log)
-    _record_stage(
-        config,
-        "train",
-        time.perf_counter() - start,
-        epochs_run=info["epochs_run"],
-        best_epoch=info["best_epoch"],
-    )
-
-
-def _evaluate(model, table, split, decodings, max_images, progress) -> dict[str, Any]:
-    from training.evaluate import evaluate
-
-    return evaluate(
-        model,
-        table,
-        split=split,
-        decodings=tuple(decodings),
-        max_images=max_images,
-        progress=progress,
-    )
-
-
-def _print_scores(metrics: dict[str, Any]) -> None:
-    for label, scores in (metrics.get("decodings") or {}).items():
-        text = ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if isinstance(v, (int, float)))
-        _log(f"{label}: {text}")
-
-
-def stage_evaluate(config: RunConfig, args) -> None:
-    from imcap_hub.model import ImageCaptioner
-    from training.evaluate import write_metrics
-    from training.prepare import load_prepared
-
-    start = time.perf_counter()
-    table, _, _ = load_prepared(config)
-    model_dir = Path(args.model) if getattr(args, "model", None) else config.paths.trained
-    if not (model_dir / "config.json").exists():
-        raise RunConfigError(
-            f"no trained model in {model_dir}: run `python -m training train` with this config first"
-        )
-    model = ImageCaptioner.from_pretrained(model_dir, runtime=config.features.runtime)
-    ev = config.evaluation
-    split = getattr(args, "split", None) or ev.split
-    decodings = getattr(args, "decodings", None) or ev.decodings
-    max_images = getattr(args, "max_images", None) or ev.max_images
-    _log(f"evaluating {model_dir} on the {split} split ({', '.join(decodings)})")
-    metrics = _evaluate(model, table, split, decodings, max_images, args.progress)
-    write_metrics(metrics, config.paths.metrics)
-    _print_scores(metrics)
-    _log(f"metrics in {config.paths.metrics}")
-    _record_stage(config, "evaluate", time.perf_counter() - start, split=split)
-
-
-def stage_push(config: RunConfig, args) -> None:
-    from imcap_hub.model import ImageCaptioner
-    from training.evaluate import read_metrics
-    from training.publish import publish
-
-    start = time.perf_counter()
-    paths = config.paths
-    if not (paths.trained / "config.json").exists():
-        raise RunConfigError(
-            f"no trained model in {paths.trained}: run `python -m training train` with this config first"
-        )
-    model = ImageCaptioner.from_pretrained(paths.trained, runtime=config.features.runtime)
-    metrics = read_metrics(paths.metrics) if paths.metrics.exists() else None
-    if metrics is None:
-        _log("note: no metrics.json (run `evaluate` first); the card will say 'not evaluated'")
-    repo_id = getattr(args, "repo_id", None) or config.publish.repo_id
-    private = True if getattr(args, "private", False) else config.publish.private
-    result = publish(
-        model,
-        paths.model,
-        metrics=metrics,
-        training_info=training_info(config),
-        repo_id=repo_id,
-        token=getattr(args, "token", None),
-        private=private,
-    )
-    _record_stage(config, "push", time.perf_counter() - start, repo_id=result.repo_id)
-    _log(f"model folder: {result.out_dir} ({', '.join(result.files)})")
-    if result.repo_id:
-        _log(f"pushed to {result.repo_url} (commit {result.commit_hash})")
-
-
-def stage_run(config: RunConfig, args) -> None:
-    start = time.perf_counter()
-    stage_prepare(config, args)
-    stage_train(config, args)
-    if config.evaluation.enabled:
-        stage_evaluate(config, args)
-    stage_push(config, args)
-    _log(f"run {config.name} done in {time.perf_counter() - start:.1f} s: {config.paths.model}")
-
-
-def evaluate_folder(args) -> None:
-    """``evaluate --model DIR --dataset ROOT``: score any model folder, no run needed."""
-    from imcap_hub.model import ImageCaptioner
-    from training.datasets import read_dataset
-    from training.evaluate import write_metrics
-
-    root = Path(args.dataset)
-    if not root.exists():
-        raise RunConfigError(f"dataset {root} does not exist")
-    try:
-        table, report = read_dataset(args.layout, root)
-    except (OSError, ValueError) as e:
-        raise RunConfigError(f"cannot read the dataset at {root}: {e}") from None
-    _log(report.summary())
-    model = ImageCaptioner.from_pretrained(args.model)
-    decodings = args.decodings or ["greedy", "beam-3"]
-    metrics = _evaluate(
-        model, table, args.split or "test", decodings, args.max_images, args.progress
-    )
-    _print_scores(metrics)
-    if args.out:
-        write_metrics(metrics, args.out)
-        _log(f"metrics in {args.out}")
-    else:
-        print(json.dumps(metrics, indent=2))
 
 
 # --- command line -----------------------------------------------------------------------------
@@ -359,13 +133,54 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-STAGES = {
-    "prepare": stage_prepare,
-    "train": stage_train,
-    "evaluate": stage_evaluate,
-    "push": stage_push,
-    "run": stage_run,
-}
+def _run_stage(config: RunConfig, args) -> None:
+    """The stage ``args.command`` names, with its options."""
+    from training import stages
+
+    progress = args.progress
+    if args.command == "prepare":
+        stages.stage_prepare(config, progress=progress)
+    elif args.command == "train":
+        stages.stage_train(config, fresh=args.fresh, progress=progress)
+    elif args.command == "evaluate":
+        stages.stage_evaluate(
+            config,
+            progress=progress,
+            model_dir=args.model,
+            split=args.split,
+            decodings=args.decodings,
+            max_images=args.max_images,
+        )
+    elif args.command == "push":
+        stages.stage_push(config, repo_id=args.repo_id, token=args.token, private=args.private)
+    elif args.command == "run":
+        stages.stage_run(
+            config,
+            fresh=args.fresh,
+            progress=progress,
+            repo_id=args.repo_id,
+            token=args.token,
+            private=args.private,
+        )
+    else:  # pragma: no cover - argparse only lets the commands above through
+        raise AssertionError(args.command)
+
+
+def _evaluate_folder(args) -> None:
+    from training import stages
+
+    if not args.model or not args.dataset:
+        raise RunConfigError("evaluate needs a run config, or both --model and --dataset")
+    stages.evaluate_folder(
+        args.model,
+        args.dataset,
+        layout=args.layout,
+        split=args.split,
+        decodings=args.decodings,
+        max_images=args.max_images,
+        out=args.out,
+        progress=args.progress,
+    )
 
 
 def _load_config(args) -> RunConfig:
@@ -385,14 +200,12 @@ def main(argv: list[str] | None = None) -> int:
         args.progress = sys.stderr.isatty()
     try:
         if args.command == "evaluate" and args.config is None:
-            if not args.model or not args.dataset:
-                raise RunConfigError("evaluate needs a run config, or both --model and --dataset")
-            evaluate_folder(args)
+            _evaluate_folder(args)
             return 0
         config = _load_config(args)
         config.paths.root.mkdir(parents=True, exist_ok=True)
         config.save(config.paths.config_file)
-        STAGES[args.command](config, args)
+        _run_stage(config, args)
     except KeyboardInterrupt:
         print("error: interrupted; run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED

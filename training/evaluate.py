@@ -447,6 +447,22 @@ def evaluate(
 # --- metrics.json -------------------------------------------------------------------------------
 
 
+def best_decoding(
+    metrics: Mapping[str, Any] | None,
+) -> tuple[str, Mapping[str, float]] | None:
+    """The best decoding of ``metrics`` (a metrics.json dict) and its scores; None when there is
+    nothing to rank (no metrics, or no decodings).
+
+    Ranked by CIDEr, then by BLEU-4 where CIDEr ties (the first listed of equals wins): the one
+    choice that the model card's summary and the Hub commit message both report.
+    """
+    decodings = (metrics or {}).get("decodings") or {}
+    if not decodings:
+        return None
+    label = max(decodings, key=lambda d: (decodings[d]["CIDEr"], decodings[d]["BLEU-4"]))
+    return label, decodings[label]
+
+
 def write_metrics(metrics: Mapping[str, Any], path: str | os.PathLike) -> Path:
     """Write ``metrics`` as JSON (atomically: a half-written metrics.json never exists)."""
     return atomic_write_json(path, metrics, ensure_ascii=False)

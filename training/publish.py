@@ -22,12 +22,14 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import validate_repo_id
 
-from imcap_hub import ImcapError
+from imcap_hub import DecodeOptions, ImcapError
 from imcap_hub.model import ENCODER_FILE, METRICS_FILE
 from model_card import render_card
+from training.evaluate import best_decoding
 
 if TYPE_CHECKING:
     from imcap_hub import ImageCaptioner
+    from training.record import TrainRecord
 
 try:  # the HTTP client huggingface_hub uses: its connection errors are not HfHubHTTPError
     from httpx2 import TransportError as _TransportError
@@ -117,7 +119,8 @@ def publish(
     out_dir: str | os.PathLike,
     *,
     metrics: dict | None,
-    training_info: dict,
+    record: TrainRecord,
+    model_name: str | None = None,
     repo_id: str | None = None,
     token: str | None = None,
     private: bool | None = None,
@@ -127,6 +130,8 @@ def publish(
 ) -> PublishResult:
     """Write ``model`` with its model card and metrics to ``out_dir``; push it when ``repo_id``.
 
+    ``metrics``: the evaluation (None: not evaluated); ``record``: the run's training record;
+    ``model_name``: the card's title when there is no repo id (default: the run's name).
     Sets ``model.card`` (rendered by :func:`model_card.render_card`) and ``model.metrics``, then
     ``model.save_pretrained(out_dir)``. With ``repo_id``: creates the repo (``private`` applies to
     a new repo only) and ``branch`` if missing, and pushes the same files in one commit; imcap
@@ -144,7 +149,14 @@ def publish(
                 f"{repo_id!r}: give the full repo id, 'namespace/name' (your user or organisation)"
             )
 
-    card = render_card(model.config, metrics, training_info, repo_id=repo_id, space_url=space_url)
+    card = render_card(
+        model.config,
+        metrics,
+        record,
+        repo_id=repo_id,
+        space_url=space_url,
+        model_name=model_name,
+    )
     model.card = card
     model.metrics = metrics
     try:
@@ -158,7 +170,7 @@ def publish(
     if repo_id is None:
         return result
 
-    message = commit_message or _default_commit_message(model, metrics, training_info)
+    message = commit_message or _default_commit_message(model, metrics, record)
     try:
         api = HfApi(token=token)
         repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
@@ -183,20 +195,17 @@ def publish(
 
 
 def _default_commit_message(
-    model: ImageCaptioner, metrics: dict | None, training_info: dict | None
+    model: ImageCaptioner, metrics: dict | None, record: TrainRecord
 ) -> str:
-    dataset = (training_info or {}).get("dataset")
-    name = dataset.get("name") if isinstance(dataset, dict) else dataset
+    """What was pushed, and the best decoding's scores (the one the card's summary names)."""
     text = f"imcap {model.config.encoder.architecture} + LSTM captioner"
-    if name:
-        text += f" trained on {name}"
-    decodings = (metrics or {}).get("decodings") or {}
-    scored = [
-        (label, s["BLEU-4"])
-        for label, s in decodings.items()
-        if isinstance(s, dict) and isinstance(s.get("BLEU-4"), (int, float))
-    ]
-    if scored:
-        label, bleu4 = max(scored, key=lambda x: x[1])
-        text += f" (BLEU-4 {bleu4:.4f}, {label}, {metrics.get('split', 'test')} split)"
+    text += f" trained on {record.dataset.name}"
+    best = best_decoding(metrics)
+    if best is not None:
+        label, scores = best
+        label = DecodeOptions.from_label(label).label
+        text += (
+            f" (BLEU-4 {scores['BLEU-4']:.4f}, CIDEr {scores['CIDEr']:.4f}, {label}, "
+            f"{metrics['split']} split)"
+        )
     return text

@@ -15,20 +15,11 @@ Each batch is ``((x, input ids), target ids, sample weights)`` where the input i
 with id 0, and the sample weight is ``target != pad``. The loss is
 ``SparseCategoricalCrossentropy(from_logits=True)`` averaged over the real target tokens.
 
-Determinism: ``keras.utils.set_random_seed``, TF op determinism, and a data order that is a
-function of ``(seed, epoch)`` only. A checkpoint holds every model variable (the dropout seed
-generators' state included) and the optimizer's, so a run killed after epoch k and resumed
-ends with the same weights as one that was never interrupted.
-
-Checkpoints (``<run>/checkpoints``): one folder per kept epoch, ``epoch-NNNN/`` with
-
-- ``decoder.safetensors``: the decoder weights in the published ``model.safetensors`` format;
-- ``encoder.safetensors``: the encoder weights (``train_encoder`` only);
-- ``state.safetensors``: every model and optimizer variable, in order (for resuming);
-
-and ``state.json`` (written atomically last): the completed epoch, the history, the best
-epoch and the early-stopping counter. Only the last and the best epoch folders are kept.
-No pickle anywhere.
+Determinism: ``keras.utils.set_random_seed``, TF op determinism (switched on for the call and
+then left as it was found), and a data order that is a function of ``(seed, epoch)`` only. A
+checkpoint (``training.checkpoints``) holds every model variable (the dropout seed generators'
+state included) and the optimizer's, so a run killed after epoch k and resumed ends with the
+same weights as one that was never interrupted.
 """
 
 from __future__ import annotations
@@ -36,25 +27,21 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import platform
-import shutil
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from imcap_hub.config import CaptionerConfig
 from imcap_hub.encoder import CAFFE_MEAN_BGR
 from imcap_hub.errors import ImcapError
-from imcap_hub.files import atomic_write_json, load_tensors, save_tensors
 from imcap_hub.vocab import Vocabulary, normalize_caption
-
-STATE_FILE = "state.json"
-STATE_FORMAT = 1
+from training.checkpoints import RunState, epoch_dir, make_checkpointer, open_run, restore
+from training.record import StrategyInfo
 
 
 class TrainingError(ImcapError, RuntimeError):
@@ -93,9 +80,6 @@ class Split:
     def __len__(self) -> int:
         return len(self.image_rows)
 
-    def n_images(self) -> int:
-        return len(np.unique(self.image_rows))
-
 
 @dataclass
 class TrainData:
@@ -123,6 +107,8 @@ class TrainData:
 
 @dataclass
 class TrainResult:
+    """What :func:`fit` returns: the best epoch's weights and how the run went."""
+
     decoder_weights: dict[str, np.ndarray]
     encoder_weights_file: Path | None  # the best epoch's encoder.safetensors (train_encoder)
     best_epoch: int
@@ -130,23 +116,10 @@ class TrainResult:
     history: dict[str, list[float]]
     stopped_early: bool
     seconds: float  # this call
-    total_seconds: float  # every call, resumed ones included
+    total_seconds: float  # the fitting time of every epoch, resumed calls included
     epoch_seconds: list[float]
     resumed_from: int
-    strategy: dict[str, Any] = field(default_factory=dict)
-
-    def info(self) -> dict[str, Any]:
-        return {
-            "best_epoch": self.best_epoch,
-            "epochs_run": self.epochs_run,
-            "history": self.history,
-            "stopped_early": self.stopped_early,
-            "seconds": round(self.seconds, 2),
-            "total_seconds": round(self.total_seconds, 2),
-            "epoch_seconds": [round(s, 3) for s in self.epoch_seconds],
-            "resumed_from_epoch": self.resumed_from,
-            "strategy": self.strategy,
-        }
+    strategy: StrategyInfo
 
 
 # --- strategy ---------------------------------------------------------------------------------
@@ -170,40 +143,19 @@ def make_strategy(name: str = "auto", devices: Sequence[str] | None = None):
     return tf.distribute.get_strategy()
 
 
-def describe_strategy(strategy) -> dict[str, Any]:
+def describe_strategy(strategy) -> StrategyInfo:
+    """The strategy's name, replicas and devices, and whether this process is the chief."""
     try:
         devices = strategy.extended.worker_devices
     except (AttributeError, RuntimeError):  # the default strategy has none
         devices = None
     name = type(strategy).__name__
-    return {
-        "name": "default (one device)" if name.startswith("_Default") else name,
-        "replicas": int(strategy.num_replicas_in_sync),
-        "devices": [str(d) for d in devices] if devices else [],
-    }
-
-
-def hardware() -> dict[str, Any]:
-    """What this machine is, for the model card."""
-    import tensorflow as tf
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-    }
+    return StrategyInfo(
+        name="default (one device)" if name.startswith("_Default") else name,
+        replicas=int(strategy.num_replicas_in_sync),
+        devices=[str(d) for d in devices] if devices else [],
+        chief=is_chief(strategy)[0],
+    )
 
 
 # --- the pipeline -----------------------------------------------------------------------------
@@ -300,24 +252,33 @@ def make_dataset(
 # --- the model --------------------------------------------------------------------------------
 
 
-def build_models(config: CaptionerConfig, seed: int, train_encoder: bool, encoder_init=None):
-    """(trainable Keras model, decoder graph, encoder model or None).
+class Models(NamedTuple):
+    """The Keras models of a run: ``train`` is the one fitted (the decoder itself, or the
+    encoder and the decoder end to end); ``encoder`` is None for a frozen encoder."""
 
-    ``encoder_init``: a callable returning the Keras encoder to start from (train_encoder).
-    """
+    train: Any
+    decoder: Any
+    encoder: Any | None
+
+
+def build_models(
+    config: CaptionerConfig, seed: int, train_encoder: bool, encoder_init=None
+) -> Models:
+    """The models to fit. ``encoder_init``: a callable returning the Keras encoder to start
+    from (``train_encoder``)."""
     import keras
 
     from imcap_hub.decoder import build_training_model
 
     decoder = build_training_model(config, seed=seed)
     if not train_encoder:
-        return decoder, decoder, None
+        return Models(decoder, decoder, None)
     encoder = encoder_init()
     size = config.encoder.image_size
     images = keras.Input((size, size, 3), name="images")
     tokens = keras.Input((None,), dtype="int32", name="tokens")
     logits = decoder([encoder(images), tokens])
-    return keras.Model([images, tokens], logits, name="imcap_end_to_end"), decoder, encoder
+    return Models(keras.Model([images, tokens], logits, name="imcap_end_to_end"), decoder, encoder)
 
 
 def _compile(model, settings, total_steps: int = 1) -> None:
@@ -338,124 +299,6 @@ def _compile(model, settings, total_steps: int = 1) -> None:
         ),
         weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="token_accuracy")],
     )
-
-
-# --- checkpoints ------------------------------------------------------------------------------
-
-
-def _state_tensors(model) -> dict[str, np.ndarray]:
-    tensors = {}
-    for i, v in enumerate(model.variables):
-        tensors[f"model/{i:05d}"] = np.asarray(v.numpy())
-    for i, v in enumerate(model.optimizer.variables):
-        tensors[f"optimizer/{i:05d}"] = np.asarray(v.numpy())
-    return tensors
-
-
-def _restore_state(model, path: Path) -> None:
-    tensors = load_tensors(path)
-    model.optimizer.build(model.trainable_variables)
-    for prefix, variables in (
-        ("model", model.variables),
-        ("optimizer", model.optimizer.variables),
-    ):
-        names = sorted(k for k in tensors if k.startswith(prefix + "/"))
-        if len(names) != len(variables):
-            raise TrainingError(
-                f"{path} holds {len(names)} {prefix} variables, the model has {len(variables)}; "
-                "the checkpoint is from another model (start afresh with --fresh)"
-            )
-        for name, var in zip(names, variables):
-            value = tensors[name]
-            if tuple(value.shape) != tuple(var.shape):
-                raise TrainingError(
-                    f"{path}: {name} has shape {value.shape}, the model needs {tuple(var.shape)} "
-                    "(start afresh with --fresh)"
-                )
-            var.assign(value)
-
-
-def read_state(checkpoints: Path) -> dict[str, Any] | None:
-    path = Path(checkpoints) / STATE_FILE
-    if not path.exists():
-        return None
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def _make_checkpointer(
-    *,
-    checkpoints: Path,
-    model,
-    decoder,
-    encoder,
-    state: dict[str, Any],
-    settings,
-    monitor: str,
-    total_epochs: int,
-    log: Callable[[str], None],
-):
-    import keras
-
-    from imcap_hub.decoder import WEIGHT_NAMES, weights_from_keras
-    from imcap_hub.encoder import keras_weights
-
-    class Checkpointer(keras.callbacks.Callback):
-        """Writes ``epoch-NNNN/`` then ``state.json`` after every epoch; early stopping."""
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self._start = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            logs = dict(logs or {})
-            seconds = time.perf_counter() - self._start
-            done = epoch + 1
-            for key, value in logs.items():
-                state["history"].setdefault(key, []).append(float(value))
-            state["epoch_seconds"].append(seconds)
-            value = float(logs.get(monitor, math.inf))
-            best_value = state["best_value"]
-            improved = best_value is None or value < best_value - settings.min_delta
-            folder = checkpoints / f"epoch-{done:04d}"
-            tmp = checkpoints / f".epoch-{done:04d}.{os.getpid()}.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            dec = weights_from_keras(decoder)
-            save_tensors(
-                {n: dec[n] for n in WEIGHT_NAMES}, tmp / "decoder.safetensors", "imcap-decoder"
-            )
-            if encoder is not None:
-                save_tensors(keras_weights(encoder), tmp / "encoder.safetensors", "imcap-encoder")
-            save_tensors(_state_tensors(model), tmp / "state.safetensors", "imcap-train-state")
-            shutil.rmtree(folder, ignore_errors=True)
-            os.replace(tmp, folder)
-            if improved:
-                state["best_value"] = value
-                state["best_epoch"] = done
-                state["wait"] = 0
-            else:
-                state["wait"] += 1
-            state["epoch"] = done
-            state["elapsed_seconds"] += seconds
-            stop = bool(settings.patience) and state["wait"] >= settings.patience
-            state["stopped_early"] = stop and done < total_epochs
-            atomic_write_json(checkpoints / STATE_FILE, state, indent=1)
-            keep = {f"epoch-{done:04d}", f"epoch-{state['best_epoch']:04d}"}
-            for old in checkpoints.glob("epoch-*"):
-                if old.name not in keep:
-                    shutil.rmtree(old, ignore_errors=True)
-            metrics = ", ".join(
-                f"{k} {float(v):.4f}" for k, v in logs.items() if k not in ("learning_rate",)
-            )
-            mark = " *" if improved else ""
-            log(f"epoch {done}/{total_epochs}: {metrics} ({seconds:.1f} s){mark}")
-            if stop:
-                log(
-                    f"early stop: no {monitor} improvement for {state['wait']} epochs; "
-                    f"best epoch {state['best_epoch']}"
-                )
-                self.model.stop_training = True
-
-    return Checkpointer()
 
 
 # --- training ---------------------------------------------------------------------------------
@@ -499,10 +342,10 @@ def fit(
     deterministic). ``encoder_init`` builds the starting Keras encoder (``train_encoder``).
     ``resume``: continue from ``checkpoints/state.json`` when it is there (else start afresh,
     deleting old checkpoints). ``strategy``: a ``tf.distribute`` strategy (default:
-    :func:`make_strategy` from the settings).
+    :func:`make_strategy` from the settings). TF op determinism is on during the call when
+    ``settings.deterministic``, and left as it was found.
     """
     import keras
-    import tensorflow as tf
 
     start = time.perf_counter()
     checkpoints = Path(checkpoints)
@@ -516,60 +359,117 @@ def fit(
     if not chief:  # every worker keeps its own (identical) checkpoints; the chief owns the run
         checkpoints = checkpoints.with_name(f"{checkpoints.name}.{worker}")
     run_key = _run_key(config, settings, seed, data)
-    state = read_state(checkpoints) if resume else None
-    if state is not None and state.get("run_key") != run_key:
-        raise TrainingError(
-            f"the checkpoints in {checkpoints} are from a different model, data or settings; "
-            "start afresh with --fresh (or use another run name)"
-        )
-    if state is None:
-        shutil.rmtree(checkpoints, ignore_errors=True)
-    checkpoints.mkdir(parents=True, exist_ok=True)
+    state = open_run(checkpoints, run_key, resume=resume)
     monitor = "val_loss" if data.val is not None and len(data.val) else "loss"
+    if state is None:
+        state = RunState(run_key=run_key, monitor=monitor, seed=seed)
+    resumed_from = state.epoch
 
     keras.utils.set_random_seed(seed)
-    restore_determinism = settings.deterministic and not _op_determinism()
-    if settings.deterministic:
-        tf.config.experimental.enable_op_determinism()
-    try:
-        return _fit(
-            config=config,
-            data=data,
-            checkpoints=checkpoints,
-            settings=settings,
-            seed=seed,
-            encoder_init=encoder_init,
-            callbacks=callbacks,
-            verbose=verbose,
-            log=log,
-            strategy=strategy,
-            state=state,
-            run_key=run_key,
-            monitor=monitor,
-            start=start,
-        )
-    finally:
-        if restore_determinism:  # leave the process as we found it (tests, notebooks)
-            _set_op_determinism(False)
+    with op_determinism(settings.deterministic):
+        steps = _steps(data, settings, seed)
+        with strategy.scope():  # the optimizer's variables too: restore builds them
+            models = build_models(config, seed, settings.train_encoder, encoder_init)
+            _compile(models.train, settings, total_steps=steps * settings.epochs)
+            if resumed_from:
+                restore(models.train, checkpoints, resumed_from)
+                log(f"resuming after epoch {resumed_from} from {checkpoints}")
+        if state.epoch < settings.epochs and not state.stopped_early:
+            train_ds, val_ds = _datasets(config, data, settings, seed, state)
+            models.train.fit(
+                train_ds,
+                epochs=settings.epochs,
+                initial_epoch=state.epoch,
+                steps_per_epoch=steps,
+                validation_data=val_ds,
+                callbacks=[
+                    make_checkpointer(checkpoints, state, models, settings, log),
+                    *callbacks,
+                ],
+                verbose=verbose,
+                shuffle=False,  # the order is epoch_order's
+            )
+    return _result(config, settings, checkpoints, state, resumed_from, strategy, start)
 
 
-def _op_determinism() -> bool:
+def _steps(data: TrainData, settings, seed: int) -> int:
+    """Batches per epoch (every epoch has as many rows as epoch 0)."""
+    return math.ceil(len(epoch_order(data, seed, 0)) / settings.batch_size)
+
+
+def _datasets(config: CaptionerConfig, data: TrainData, settings, seed: int, state: RunState):
+    """(train, val or None) datasets for the epochs after ``state.epoch``."""
+    orders = [epoch_order(data, seed, e) for e in range(state.epoch, settings.epochs)]
+    preprocessing = config.encoder.preprocessing
+    train = make_dataset(data, data.train, settings.batch_size, np.stack(orders), preprocessing)
+    val = None
+    if state.monitor == "val_loss":
+        val = make_dataset(data, data.val, settings.batch_size, None, preprocessing)
+    return train, val
+
+
+def _result(config, settings, checkpoints: Path, state: RunState, resumed_from, strategy, start):
+    from imcap_hub.decoder import load_weights
+
+    best = state.best_epoch
+    if best == 0:
+        raise TrainingError("no epoch finished")
+    best_dir = epoch_dir(checkpoints, best)
+    return TrainResult(
+        decoder_weights=load_weights(best_dir / "decoder.safetensors", config),
+        encoder_weights_file=best_dir / "encoder.safetensors" if settings.train_encoder else None,
+        best_epoch=best,
+        epochs_run=state.epoch,
+        history={k: list(v) for k, v in state.history.items()},
+        stopped_early=state.stopped_early,
+        seconds=time.perf_counter() - start,
+        total_seconds=state.elapsed_seconds,
+        epoch_seconds=list(state.epoch_seconds),
+        resumed_from=resumed_from,
+        strategy=describe_strategy(strategy),
+    )
+
+
+# --- TF op determinism ------------------------------------------------------------------------
+
+
+def _op_determinism() -> bool | None:
+    """Whether TF op determinism is on (None: this TensorFlow cannot tell)."""
     try:
         from tensorflow.python.framework import config as tf_config
 
         return bool(tf_config.is_op_determinism_enabled())
     except (ImportError, AttributeError):
-        return True  # cannot tell: do not try to undo it
+        return None
 
 
 def _set_op_determinism(enabled: bool) -> None:
+    """Switch TF op determinism on or off."""
+    import tensorflow as tf
+
+    if enabled:
+        tf.config.experimental.enable_op_determinism()
+        return
     try:
         from tensorflow.python.framework import config as tf_config
 
-        if not enabled:
-            tf_config.disable_op_determinism()
-    except (ImportError, AttributeError):
+        tf_config.disable_op_determinism()
+    except (ImportError, AttributeError):  # no way to switch it off in this TensorFlow
         pass
+
+
+@contextmanager
+def op_determinism(enabled: bool) -> Iterator[None]:
+    """TF op determinism on inside the block when ``enabled`` (else left alone); afterwards
+    as it was found (tests and notebooks run more than one thing in a process)."""
+    before = _op_determinism()
+    if enabled:
+        _set_op_determinism(True)
+    try:
+        yield
+    finally:
+        if before is not None and _op_determinism() != before:
+            _set_op_determinism(before)
 
 
 def is_chief(strategy) -> tuple[bool, str]:
@@ -583,230 +483,3 @@ def is_chief(strategy) -> tuple[bool, str]:
     jobs = set(resolver.cluster_spec().jobs)
     chief = task_type == "chief" or (task_type == "worker" and task_id == 0 and "chief" not in jobs)
     return chief, f"{task_type}-{task_id}"
-
-
-def _fit(
-    *,
-    config,
-    data,
-    checkpoints,
-    settings,
-    seed,
-    encoder_init,
-    callbacks,
-    verbose,
-    log,
-    strategy,
-    state,
-    run_key,
-    monitor,
-    start,
-) -> TrainResult:
-    from imcap_hub.decoder import load_weights
-
-    steps = math.ceil(len(epoch_order(data, seed, 0)) / settings.batch_size)
-    with strategy.scope():
-        model, decoder, encoder = build_models(config, seed, settings.train_encoder, encoder_init)
-        _compile(model, settings, total_steps=steps * settings.epochs)
-        initial_epoch = 0
-        if state is not None:
-            initial_epoch = int(state["epoch"])
-            _restore_state(model, checkpoints / f"epoch-{initial_epoch:04d}" / "state.safetensors")
-            log(f"resuming after epoch {initial_epoch} from {checkpoints}")
-    if state is None:
-        state = {
-            "format": STATE_FORMAT,
-            "run_key": run_key,
-            "epoch": 0,
-            "best_epoch": 0,
-            "best_value": None,
-            "monitor": monitor,
-            "wait": 0,
-            "history": {},
-            "epoch_seconds": [],
-            "elapsed_seconds": 0.0,
-            "stopped_early": False,
-            "seed": seed,
-        }
-    resumed_from = initial_epoch
-    epochs = settings.epochs
-    if initial_epoch < epochs and not state["stopped_early"]:
-        orders = [epoch_order(data, seed, e) for e in range(initial_epoch, epochs)]
-        train_ds = make_dataset(
-            data,
-            data.train,
-            settings.batch_size,
-            np.stack(orders),
-            config.encoder.preprocessing,
-        )
-        val_ds = None
-        if monitor == "val_loss":
-            val_ds = make_dataset(
-                data, data.val, settings.batch_size, None, config.encoder.preprocessing
-            )
-        checkpointer = _make_checkpointer(
-            checkpoints=checkpoints,
-            model=model,
-            decoder=decoder,
-            encoder=encoder,
-            state=state,
-            settings=settings,
-            monitor=monitor,
-            total_epochs=epochs,
-            log=log,
-        )
-        model.fit(
-            train_ds,
-            epochs=epochs,
-            initial_epoch=initial_epoch,
-            steps_per_epoch=steps,
-            validation_data=val_ds,
-            callbacks=[checkpointer, *callbacks],
-            verbose=verbose,
-            shuffle=False,  # the order is epoch_order's
-        )
-    best = int(state["best_epoch"])
-    if best == 0:
-        raise TrainingError("no epoch finished")
-    best_dir = checkpoints / f"epoch-{best:04d}"
-    decoder_weights = load_weights(best_dir / "decoder.safetensors", config)
-    encoder_file = best_dir / "encoder.safetensors" if settings.train_encoder else None
-    seconds = time.perf_counter() - start
-    return TrainResult(
-        decoder_weights=decoder_weights,
-        encoder_weights_file=encoder_file,
-        best_epoch=best,
-        epochs_run=int(state["epoch"]),
-        history={k: list(v) for k, v in state["history"].items()},
-        stopped_early=bool(state["stopped_early"]),
-        seconds=seconds,
-        total_seconds=float(state["elapsed_seconds"]),
-        epoch_seconds=list(state["epoch_seconds"]),
-        resumed_from=resumed_from,
-        strategy={**describe_strategy(strategy), "chief": is_chief(strategy)[0]},
-    )
-
-
-# --- the train stage of a run -----------------------------------------------------------------
-
-
-def build_train_data(table, vocab: Vocabulary, max_length: int, cached) -> tuple[TrainData, dict]:
-    """Caption rows of the train and val splits over the cached inputs; images that could
-    not be read (``cached.ok`` False) and captions that are empty or too long are left out."""
-    pos = {img: i for i, img in enumerate(cached.images)}
-    stats: dict[str, Any] = {}
-    splits: dict[str, Split] = {}
-    for split in ("train", "val"):
-        rows = table[table["split"] == split]
-        tokens, keep = encode_captions(rows["caption"].tolist(), vocab, max_length)
-        index = np.array([pos.get(img, -1) for img in rows["image"]], dtype=np.int64)
-        readable = np.zeros(len(index), dtype=bool)
-        readable[index >= 0] = cached.ok[index[index >= 0]]
-        use = keep & readable
-        image_rows = cached.rows[index[use]]
-        splits[split] = Split(image_rows=image_rows, tokens=tokens[use])
-        stats[split] = {
-            "captions": int(use.sum()),
-            "images": len(np.unique(image_rows)),
-            "dropped_unreadable": int((~readable).sum()),
-            "dropped_length": int((readable & ~keep).sum()),
-        }
-    val = splits["val"] if len(splits["val"]) else None
-    data = TrainData(
-        inputs=cached.array, train=splits["train"], val=val, images=cached.array.dtype == np.uint8
-    )
-    return data, stats
-
-
-def train_stage(
-    config,
-    *,
-    fresh: bool = False,
-    progress: bool = True,
-    log: Callable[[str], None] = print,
-    callbacks: Sequence[Any] = (),
-    strategy=None,
-) -> dict[str, Any]:
-    """The ``train`` stage of a run (``config``: a RunConfig): fit, then write the best model
-    to ``<run>/trained`` (save_pretrained layout) and ``<run>/train.json``."""
-    from dataclasses import replace
-
-    from imcap_hub.encoder import Encoder, build_keras_encoder
-    from imcap_hub.model import ImageCaptioner
-    from training.prepare import cache_inputs, frozen_encoder, load_prepared
-
-    paths = config.paths
-    table, vocab, _ = load_prepared(config)
-    cached = cache_inputs(config, table, progress=progress)  # resumes an interrupted prepare
-    data, data_stats = build_train_data(table, vocab, config.vocab.max_length, cached)
-    model_config = config.captioner_config(len(vocab))
-    settings = config.training
-    enc = config.model.encoder
-
-    encoder_init = None
-    if settings.train_encoder:
-        published_encoder = replace(enc, weights="repo")
-
-        def encoder_init():
-            if enc.weights == "random" or (
-                enc.weights == "repo" and not config.model.encoder_weights
-            ):
-                return build_keras_encoder(replace(enc, weights="random"))
-            return build_keras_encoder(enc, config.model.encoder_weights)
-
-    else:
-        _, published_encoder = frozen_encoder(config)
-    log(
-        f"training on {data_stats['train']['captions']} captions of "
-        f"{data_stats['train']['images']} images"
-        + (f", validating on {data_stats['val']['captions']}" if data.val is not None else "")
-        + (" (encoder trained end to end)" if settings.train_encoder else "")
-    )
-    result = fit(
-        model_config,
-        data,
-        paths.checkpoints,
-        settings,
-        seed=config.seed,
-        encoder_init=encoder_init,
-        resume=not fresh,
-        callbacks=callbacks,
-        verbose=1 if progress else 0,
-        log=log,
-        strategy=strategy,
-    )
-    if not result.strategy.get("chief", True):
-        log("not the chief worker: the chief writes the trained model")
-        return {**result.info(), "data": data_stats, "seed": config.seed}
-    final_config = replace(model_config, encoder=published_encoder)
-    if settings.train_encoder:
-        encoder = Encoder(
-            published_encoder, weights_file=result.encoder_weights_file, runtime="keras"
-        )
-    else:
-        encoder, _ = frozen_encoder(config, runtime="keras")
-    model = ImageCaptioner(final_config, vocab, result.decoder_weights, encoder)
-    tmp = paths.trained.with_name(f".{paths.trained.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    (tmp / "README.md").unlink(missing_ok=True)  # the card comes with `push`
-    shutil.rmtree(paths.trained, ignore_errors=True)
-    os.replace(tmp, paths.trained)
-    info = {
-        **result.info(),
-        "data": data_stats,
-        "hardware": hardware(),
-        "seed": config.seed,
-        "model_dir": str(paths.trained),
-    }
-    atomic_write_json(paths.train_info, info, sort_keys=True)
-    log(
-        f"best epoch {result.best_epoch} of {result.epochs_run}"
-        + (
-            f" (val_loss {min(result.history['val_loss']):.4f})"
-            if "val_loss" in result.history
-            else ""
-        )
-        + f"; model in {paths.trained}"
-    )
-    return info
