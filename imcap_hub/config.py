@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ImcapError
 from .files import atomic_write
+from .typed_json import from_json_object
 
 FORMAT_VERSION = 1
 ARCHITECTURES = ("resnet50", "tiny_resnet")
@@ -21,16 +22,6 @@ MIN_SPATIAL_GRID = 4
 
 class ConfigError(ImcapError, ValueError):
     """A config.json that this version of imcap cannot use."""
-
-
-def _from_dict(cls, data: dict[str, Any], where: str):
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected an object, got {type(data).__name__}")
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}")
-    return cls(**data)
 
 
 def check_choice(
@@ -191,9 +182,7 @@ class CaptionerConfig:
                 f"config.json has format_version {version!r}; this imcap reads version "
                 f"{FORMAT_VERSION}. Upgrade imcap or re-export the model."
             )
-        encoder = _from_dict(EncoderConfig, data.pop("encoder", {}), "config.encoder")
-        decoder = _from_dict(DecoderConfig, data.pop("decoder", {}), "config.decoder")
-        config = _from_dict(cls, {**data, "encoder": encoder, "decoder": decoder}, "config")
+        config = from_json_object(cls, data, "", ConfigError)
         config.validate()
         return config
 

@@ -51,7 +51,7 @@ def _valid() -> dict:
         (lambda d: d["decoder"].update(units=0), "decoder.units must be a positive integer"),
         (lambda d: d["decoder"].update(dropout=1.5), "decoder.dropout"),
         (lambda d: d.update(vocab_size=0), "vocab_size must be a positive integer"),
-        (lambda d: d["decoder"].update(heads=8), "unknown field(s) heads"),
+        (lambda d: d["decoder"].update(heads=8), "unknown key 'decoder.heads'"),
         (lambda d: d["encoder"].update(preprocessing="unit"), "expect 'caffe' preprocessing"),
     ],
 )
@@ -65,3 +65,23 @@ def test_invalid_configs_fail_with_a_clear_message(change, message):
 def test_not_json_is_a_config_error():
     with pytest.raises(ConfigError, match="not valid JSON"):
         CaptionerConfig.from_json("{nope")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d["decoder"].update(units="512"), 'decoder.units must be an integer, got "512"'),
+        (lambda d: d["encoder"].update(widths=8), "encoder.widths must be a list, got 8"),
+        (lambda d: d["decoder"].update(dropout="0.1"), "decoder.dropout must be a number"),
+        (
+            lambda d: d["decoder"].update(unts=512),
+            "unknown key 'decoder.unts' \\(did you mean 'units'\\?\\)",
+        ),
+    ],
+)
+def test_wrong_types_and_typos_name_the_key(change, message):
+    """config.json is read by the same typed reader as run configs and training records."""
+    data = _valid()
+    change(data)
+    with pytest.raises(ConfigError, match=message):
+        CaptionerConfig.from_dict(data)

@@ -165,7 +165,10 @@ OLD_TRAIN_JSON = {
     [
         (OLD_TRAIN_JSON, "an older imcap wrote it.*run `python -m training train`"),
         ("[]", "not a JSON object"),
-        ({**sample_record().to_dict(), "epochs_run": "3"}, r"train\.json\.epochs_run must be int"),
+        (
+            {**sample_record().to_dict(), "epochs_run": "3"},
+            r"train\.json\.epochs_run must be an integer",
+        ),
         ({**sample_record().to_dict(), "extra": 1}, "unknown key.*extra"),
         (
             {k: v for k, v in sample_record().to_dict().items() if k != "hardware"},

@@ -17,8 +17,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import types
-import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
@@ -27,6 +25,7 @@ from typing import Any
 from imcap_hub.config import CaptionerConfig, ConfigError
 from imcap_hub.errors import ImcapError
 from imcap_hub.files import atomic_write_json
+from imcap_hub.typed_json import from_json_object
 from training.run_config import TrainingSection
 
 RECORD_FORMAT = 1
@@ -235,7 +234,7 @@ class TrainRecord:
             model = CaptionerConfig.from_dict(data.get("model"))
         except ConfigError as e:
             raise RecordError(f"{where}: model: {e}") from None
-        return _build(cls, {**data, "model": model}, where)
+        return from_json_object(cls, {**data, "model": model}, where, RecordError)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2) + "\n"
@@ -262,58 +261,3 @@ class TrainRecord:
                 f"{path} does not exist: run `python -m training train` with this config first"
             ) from None
         return cls.from_json(text, where=str(path))
-
-
-# --- JSON -> dataclasses ----------------------------------------------------------------------
-
-
-def _convert(value: Any, tp: Any, where: str) -> Any:
-    """``value`` (from JSON) as the annotation ``tp``: dataclasses, lists and dicts of them,
-    optional values, and the JSON scalars (an integer is a fine float)."""
-    if tp is Any:
-        return value
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None and len(args) < len(typing.get_args(tp)):
-            return None
-        (arg,) = args
-        return _convert(value, arg, where)
-    if is_dataclass(tp):
-        return value if isinstance(value, tp) else _build(tp, value, where)
-    if origin is list:
-        if not isinstance(value, list):
-            raise RecordError(f"{where} must be a list, got {json.dumps(value)}")
-        (item,) = typing.get_args(tp)
-        return [_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise RecordError(f"{where} must be an object, got {json.dumps(value)}")
-        item = typing.get_args(tp)[1] if typing.get_args(tp) else Any
-        return {str(k): _convert(v, item, f"{where}.{k}") for k, v in value.items()}
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if tp is float and number:
-        return float(value)
-    if tp is int and number and isinstance(value, int):
-        return value
-    if tp in (str, bool) and isinstance(value, tp):
-        return value
-    raise RecordError(f"{where} must be {getattr(tp, '__name__', tp)}, got {json.dumps(value)}")
-
-
-def _build(cls: type, data: Any, where: str) -> Any:
-    if not isinstance(data, dict):
-        raise RecordError(f"{where} must be an object, got {json.dumps(data)}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise RecordError(f"{where}: unknown key(s) {', '.join(unknown)}")
-    kwargs = {}
-    for f in fields(cls):
-        if f.name in data:
-            kwargs[f.name] = _convert(data[f.name], hints[f.name], f"{where}.{f.name}")
-    try:
-        return cls(**kwargs)
-    except TypeError as e:  # a key without a default is missing
-        raise RecordError(f"{where}: {e}") from None

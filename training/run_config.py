@@ -11,12 +11,9 @@ that breaks or is killed loses nothing: ``prepare`` and ``train`` resume where t
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
-import types
-import typing
-from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +28,7 @@ from imcap_hub.config import (
 from imcap_hub.encoder import EXACT_RUNTIMES
 from imcap_hub.files import atomic_write
 from imcap_hub.inference import DecodeOptions, OptionsError
+from imcap_hub.typed_json import from_json_object
 from training.datasets import LAYOUTS, SPLITS
 
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")
@@ -288,7 +286,7 @@ class RunConfig:
             raise RunConfigError(
                 "model.decoder.max_length: set vocab.max_length instead (the caption length limit)"
             )
-        config = _build(cls, data, "")
+        config = from_json_object(cls, data, "", RunConfigError)
         config.validate()
         return config
 
@@ -364,90 +362,3 @@ class RunPaths:
 
 
 # --- helpers ----------------------------------------------------------------------------------
-
-
-def _type_name(tp: Any) -> str:
-    if tp is type(None):
-        return "null"
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin is list:
-        return "a list"
-    if tp is dict or origin is dict:
-        return "an object"
-    if is_dataclass(tp):
-        return "an object"
-    return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(
-        tp, str(tp)
-    )
-
-
-def _convert(value: Any, tp: Any, where: str) -> Any:
-    """Check ``value`` against the annotation ``tp`` (JSON types) and build dataclasses."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _convert(value, arg, where)
-            except RunConfigError as e:
-                errors.append(e)
-        if len(errors) == 1:
-            raise errors[0]
-        raise RunConfigError(f"{where} must be {_type_name(tp)}, got {json.dumps(value)}")
-    if is_dataclass(tp):
-        return _build(tp, value, where)
-    if origin is list:
-        if not isinstance(value, list):
-            raise RunConfigError(f"{where} must be a list, got {json.dumps(value)}")
-        (item,) = typing.get_args(tp) or (Any,)
-        return [_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-    if tp is dict or origin is dict:
-        if not isinstance(value, dict):
-            raise RunConfigError(f"{where} must be an object, got {json.dumps(value)}")
-        return dict(value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise RunConfigError(f"{where} must be true or false, got {json.dumps(value)}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise RunConfigError(f"{where} must be an integer, got {json.dumps(value)}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise RunConfigError(f"{where} must be a number, got {json.dumps(value)}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise RunConfigError(f"{where} must be a string, got {json.dumps(value)}")
-        return value
-    return value
-
-
-def _build(cls: type, data: Any, where: str) -> Any:
-    label = where or "config"
-    if not isinstance(data, dict):
-        raise RunConfigError(f"{label} must be an object, got {json.dumps(data)}")
-    hints = typing.get_type_hints(cls)
-    known = [f.name for f in fields(cls)]
-    for key in data:
-        if key not in known:
-            path = f"{where}.{key}" if where else key
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise RunConfigError(f"unknown key {path!r}{hint}; {label} takes {', '.join(known)}")
-    kwargs = {}
-    for f in fields(cls):
-        path = f"{where}.{f.name}" if where else f.name
-        if f.name in data:
-            kwargs[f.name] = _convert(data[f.name], hints[f.name], path)
-        elif f.default is MISSING and f.default_factory is MISSING:
-            raise RunConfigError(f"missing key {path!r}")
-    return cls(**kwargs)
