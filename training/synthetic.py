@@ -1,13 +1,25 @@
 """A procedurally drawn shapes dataset: the data of the tests and of the bundled demo model.
 
 Each image shows 1..``max_shapes`` coloured shapes (circle, square, triangle; small or large)
-on a muted grey background. The shapes never overlap and never share a column of pixels, so
-"to the left of" is always unambiguous. Every caption is fully determined by the image: the
-captions are a small, systematic set of templates (see :data:`TEMPLATES`) over the
-``size colour shape`` phrase of each shape, ordered left to right. The first template of each
-set is the canonical caption and is always the first reference of an image, so a model has a
-most-likely caption that it can emit exactly; the other references are drawn from the
-remaining templates.
+on a muted grey background, laid out in one of two arrangements (``SyntheticConfig.arrangement``):
+
+* ``"row"`` (the default; the demo model's data): the shapes stand in one row, left to right.
+  They never overlap and never share a column of pixels, so "to the left of" is always
+  unambiguous. Captions: :data:`TEMPLATES`, over the shapes ordered left to right.
+* ``"relations"``: the image is split into a 2x2 grid of cells and each shape sits inside its
+  own cell, clear of the cell's borders (so it never touches a neighbour). Two shapes always
+  share a row or a column of cells, never a diagonal, and overlap along the shared axis by
+  at least two thirds of the smaller one's side, so exactly one of "to the left of" and "above"
+  holds. Three shapes form an L: a corner shape with one neighbour in its row and one in its
+  column. Captions: :data:`RELATION_TEMPLATES`, which a model can only get right by binding
+  each colour to its shape and reading where the shapes are relative to each other.
+
+Every caption is fully determined by the image: the captions are a small, systematic set of
+templates over the ``size colour shape`` phrase of each shape (:func:`captions_for` derives
+them from the shapes' boxes). The first template of each set is the canonical caption and is
+always the first reference of an image, so a model has a most-likely caption that it can emit
+exactly; the other references are drawn from the remaining templates. Every shape's bounding
+box is kept in the item's scene.
 
 :func:`generate` draws the items, :func:`write_dataset` writes them in any layout that
 :mod:`training.datasets` reads. Everything is deterministic given the config: an image
@@ -84,8 +96,42 @@ TEMPLATES: dict[int, tuple[str, ...]] = {
         "three shapes with a {a} on the left a {b} in the middle and a {c} on the right",
     ),
 }
-MAX_SHAPES = max(TEMPLATES)
-MAX_CAPTIONS_PER_IMAGE = min(len(t) for t in TEMPLATES.values())
+
+# The "relations" arrangement's templates, by the relation the boxes show (see
+# :func:`captions_for`). {a}, {b}, {c} are the phrases of the shapes in scene order:
+# "single": the one shape. "left": {a} is to the left of {b}; "above": {a} is above {b}.
+# "corner": {a} is the corner of the L, {b} its neighbour in the same row, on the side
+# {b_side} ("left" or "right"), {c} its neighbour in the same column, {c_side} ("above" or
+# "below") it. The first template of each tuple is the canonical caption.
+RELATION_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "single": TEMPLATES[1],
+    "left": (
+        "a {a} to the left of a {b}",
+        "a {b} to the right of a {a}",
+        "there is a {a} to the left of a {b}",
+        "there is a {b} to the right of a {a}",
+        "two shapes with a {a} on the left and a {b} on the right",
+    ),
+    "above": (
+        "a {a} above a {b}",
+        "a {b} below a {a}",
+        "there is a {a} above a {b}",
+        "there is a {b} below a {a}",
+        "two shapes with a {b} below a {a}",
+    ),
+    "corner": (
+        "a {a} with a {b} to its {b_side} and a {c} {c_side} it",
+        "a {a} with a {c} {c_side} it and a {b} to its {b_side}",
+        "there is a {a} with a {b} to its {b_side} and a {c} {c_side} it",
+        "a {b} to the {b_side} of a {a} that has a {c} {c_side} it",
+        "a {c} {c_side} a {a} that has a {b} to its {b_side}",
+    ),
+}
+# The words {b_side} and {c_side} stand for.
+RELATION_SIDE_WORDS: tuple[str, ...] = ("left", "right", "above", "below")
+ARRANGEMENTS: tuple[str, ...] = ("row", "relations")
+MAX_SHAPES = max(TEMPLATES)  # the relations grid has 4 cells: room for MAX_SHAPES too
+MAX_CAPTIONS_PER_IMAGE = min(len(t) for t in (*TEMPLATES.values(), *RELATION_TEMPLATES.values()))
 
 _SUPERSAMPLE = 4  # draw at 4x and box-filter down: smooth edges, still deterministic
 
@@ -107,6 +153,7 @@ class SyntheticConfig:
     background_noise: float = 4.0  # std of Gaussian noise on the background; 0: flat
     image_format: str = "jpeg"  # "jpeg" or "png"
     jpeg_quality: int = 95
+    arrangement: str = "row"  # "row" (one row, left to right) or "relations" (2x2 grid)
 
     def __post_init__(self) -> None:
         # Accept lists (from JSON) and normalise to tuples so configs compare equal.
@@ -142,11 +189,16 @@ class SyntheticConfig:
             problems.append("jpeg_quality must be in 1..100")
         if self.background_noise < 0:
             problems.append("background_noise must be >= 0")
-        if not problems and _min_row_width(self) > self.image_size:
-            problems.append(
-                f"{self.max_shapes} shapes of the smallest size do not fit side by side in "
-                f"{self.image_size} px: raise image_size or add a smaller size"
-            )
+        if not isinstance(self.arrangement, str) or self.arrangement not in ARRANGEMENTS:
+            problems.append(f"arrangement must be one of {ARRANGEMENTS}, not {self.arrangement!r}")
+        if not problems and self.arrangement == "row":
+            if _min_row_width(self) > self.image_size:
+                problems.append(
+                    f"{self.max_shapes} shapes of the smallest size do not fit side by side in "
+                    f"{self.image_size} px: raise image_size or add a smaller size"
+                )
+        elif not problems:  # relations
+            problems.extend(_cell_fit_problems(self))
         if problems:
             raise ValueError("invalid SyntheticConfig: " + "; ".join(problems))
 
@@ -155,12 +207,21 @@ class SyntheticConfig:
         return ".jpg" if self.image_format == "jpeg" else ".png"
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict (tuples become lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        """A JSON-able dict (tuples become lists).
+
+        ``arrangement`` is left out when it is ``"row"`` (the default): the dict of a row
+        config is then the one written before the field existed. ``prepare`` compares this
+        dict with the ``config`` in a drawn dataset's ``synthetic.json`` to decide whether to
+        redraw, so an extra key would make every existing run folder redraw its data."""
+        d = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        if d["arrangement"] == "row":
+            del d["arrangement"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SyntheticConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error (a typo should not pass)."""
+        """Inverse of :meth:`to_dict`; unknown keys are an error (a typo should not pass).
+        A missing key takes its default (no ``arrangement``: ``"row"``)."""
         names = {f.name for f in fields(cls)}
         unknown = set(d) - names
         if unknown:
@@ -193,7 +254,9 @@ class SyntheticItem:
     file_name: str
     image: Image.Image
     captions: list[str]
-    shapes: list[ShapeSpec]  # left to right
+    # Row: left to right. Relations: in the canonical caption's order (left or top one first;
+    # for an L the corner, then its row neighbour, then its column neighbour).
+    shapes: list[ShapeSpec]
     background: tuple[int, int, int]
     split: str
 
@@ -209,22 +272,89 @@ class SyntheticItem:
         }
 
 
-def captions_for(shapes: list[ShapeSpec]) -> list[str]:
-    """All template captions for shapes ordered left to right, the canonical one first."""
+def _phrases(shapes: list[ShapeSpec]) -> dict[str, str]:
     kw: dict[str, str] = {}
     for key, s in zip("abc", shapes, strict=False):
         kw[key] = s.phrase
         kw[f"{key}_size"], kw[f"{key}_colour"], kw[f"{key}_shape"] = s.size, s.colour, s.shape
-    return [t.format(**kw) for t in TEMPLATES[len(shapes)]]
+    return kw
+
+
+def _overlap(lo0: int, len0: int, lo1: int, len1: int) -> int:
+    """Pixels shared by the intervals [lo0, lo0 + len0) and [lo1, lo1 + len1) (< 0: a gap)."""
+    return min(lo0 + len0, lo1 + len1) - max(lo0, lo1)
+
+
+def relation(p: ShapeSpec, q: ShapeSpec) -> str | None:
+    """How two boxes stand: ``"row"`` when they share pixel rows but no pixel column (one is
+    plainly left of the other), ``"column"`` when they share pixel columns but no pixel row,
+    None otherwise (diagonal, or overlapping)."""
+    x_overlap = _overlap(p.x, p.side, q.x, q.side)
+    y_overlap = _overlap(p.y, p.side, q.y, q.side)
+    if x_overlap <= 0 < y_overlap:
+        return "row"
+    if y_overlap <= 0 < x_overlap:
+        return "column"
+    return None
+
+
+def relation_of(shapes: list[ShapeSpec]) -> tuple[str, list[ShapeSpec], dict[str, str]]:
+    """``(key of RELATION_TEMPLATES, shapes in template order, side words)`` for a
+    "relations" scene, read from the boxes alone; a ValueError for a layout that has no
+    unambiguous caption (two shapes on a diagonal, three shapes that are not an L)."""
+    if len(shapes) == 1:
+        return "single", list(shapes), {}
+    if len(shapes) == 2:
+        p, q = shapes
+        rel = relation(p, q)
+        if rel == "row":
+            return "left", sorted(shapes, key=lambda s: s.x), {}
+        if rel == "column":
+            return "above", sorted(shapes, key=lambda s: s.y), {}
+        raise ValueError("two shapes on a diagonal (or overlapping) have no single relation")
+    if len(shapes) == 3:
+        for i, corner in enumerate(shapes):
+            others = [s for j, s in enumerate(shapes) if j != i]
+            rels = {relation(corner, s): s for s in others}
+            if set(rels) == {"row", "column"}:
+                h, v = rels["row"], rels["column"]
+                sides = {
+                    "b_side": "right" if h.x > corner.x else "left",
+                    "c_side": "below" if v.y > corner.y else "above",
+                }
+                return "corner", [corner, h, v], sides
+        raise ValueError("three shapes that are not an L have no relations caption")
+    raise ValueError(f"a relations scene has 1..{MAX_SHAPES} shapes, not {len(shapes)}")
+
+
+def captions_for(shapes: list[ShapeSpec], arrangement: str = "row") -> list[str]:
+    """All template captions of a scene, the canonical one first. Row: ``shapes`` ordered
+    left to right. Relations: any order; the relation is read from the boxes
+    (:func:`relation_of`)."""
+    if arrangement == "row":
+        return [t.format(**_phrases(shapes)) for t in TEMPLATES[len(shapes)]]
+    if arrangement != "relations":
+        raise ValueError(f"unknown arrangement {arrangement!r}; expected one of {ARRANGEMENTS}")
+    key, ordered, sides = relation_of(shapes)
+    kw = {**_phrases(ordered), **sides}
+    return [t.format(**kw) for t in RELATION_TEMPLATES[key]]
 
 
 def vocabulary(config: SyntheticConfig | None = None) -> list[str]:
-    """Every word a caption of ``config`` (default: all colours, shapes, sizes) can use."""
+    """Every word a caption of ``config`` can use (default: all colours, shapes and sizes in
+    either arrangement)."""
     colours = config.colours if config else tuple(COLOUR_RGB)
     shapes = config.shapes if config else SHAPES
     sizes = config.sizes if config else tuple(SIZE_FRACTIONS)
+    arrangements = (config.arrangement,) if config else ARRANGEMENTS
     words = set(colours) | set(shapes) | set(sizes)
-    for templates in TEMPLATES.values():
+    template_sets: list[tuple[str, ...]] = []
+    if "row" in arrangements:
+        template_sets.extend(TEMPLATES.values())
+    if "relations" in arrangements:
+        template_sets.extend(RELATION_TEMPLATES.values())
+        words.update(RELATION_SIDE_WORDS)
+    for templates in template_sets:
         for t in templates:
             words.update(w for w in t.split() if not w.startswith("{"))
     return sorted(words)
@@ -262,6 +392,102 @@ def _min_row_width(config: SyntheticConfig) -> int:
     return 2 * margin + k * side + (k - 1) * gap
 
 
+def _cells(size: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The pixel spans [lo, hi) of the relations grid's two columns (and, the same, rows)."""
+    half = size // 2
+    return (0, half), (half, size)
+
+
+def _max_side(config: SyntheticConfig) -> int:
+    return max(round(SIZE_FRACTIONS[z][1] * config.image_size) for z in config.sizes)
+
+
+def _cell_fit_problems(config: SyntheticConfig) -> list[str]:
+    """Relations: the largest configured shape must fit inside the smallest cell with the
+    margin on both sides (the margin keeps shapes in neighbouring cells apart)."""
+    margin, _ = _margin_gap(config.image_size)
+    cell = config.image_size // 2
+    side = _max_side(config)
+    if side + 2 * margin <= cell:
+        return []
+    return [
+        f"a shape of up to {side} px does not fit a {cell} px cell of the 2x2 relations grid "
+        f"with {margin} px margins at image_size {config.image_size}: raise image_size or "
+        f"drop the largest size"
+    ]
+
+
+# The relations grid's cells as (row, column); an L is a corner cell and the cells beside it.
+_CELLS: tuple[tuple[int, int], ...] = ((0, 0), (0, 1), (1, 0), (1, 1))
+# Pairs of cells that share a row or a column, first one left or on top.
+_ADJACENT_PAIRS: tuple[tuple[tuple[int, int], tuple[int, int]], ...] = (
+    ((0, 0), (0, 1)),
+    ((1, 0), (1, 1)),
+    ((0, 0), (1, 0)),
+    ((0, 1), (1, 1)),
+)
+# Along the axis they share, two neighbours overlap by at least this part of the smaller side.
+_MIN_SHARED = 2 / 3
+
+
+def _sample_relations(
+    config: SyntheticConfig, rng: np.random.Generator, picks: list[tuple[str, str, str]]
+) -> list[ShapeSpec]:
+    """Place the picked shapes in distinct cells (see the module docstring), in the order the
+    canonical caption names them."""
+    size = config.image_size
+    margin, _ = _margin_gap(size)
+    spans = _cells(size)
+    k = len(picks)
+    if k == 1:
+        cells = [_CELLS[int(rng.integers(len(_CELLS)))]]
+    elif k == 2:
+        cells = list(_ADJACENT_PAIRS[int(rng.integers(len(_ADJACENT_PAIRS)))])
+    else:  # an L: the corner, its row neighbour, its column neighbour
+        r, c = _CELLS[int(rng.integers(len(_CELLS)))]
+        cells = [(r, c), (r, 1 - c), (1 - r, c)]
+    sides = []
+    for _, _, z in picks:
+        lo, hi = SIZE_FRACTIONS[z]
+        sides.append(int(rng.integers(round(lo * size), round(hi * size) + 1)))
+
+    def free(span: tuple[int, int], side: int) -> tuple[int, int]:
+        # The positions [lo, hi] that keep a box of ``side`` inside the span, clear of its ends.
+        return span[0] + margin, span[1] - margin - side
+
+    def aligned(span: tuple[int, int], side: int, other: int, other_side: int) -> int:
+        # A position in ``span`` that shares at least _MIN_SHARED of the smaller side with
+        # the box at [other, other + other_side). Never empty: a box inside the same span can
+        # always contain, or be contained by, the other one (both fit the span).
+        need = int(np.ceil(_MIN_SHARED * min(side, other_side)))
+        lo, hi = free(span, side)
+        lo, hi = max(lo, other + need - side), min(hi, other + other_side - need)
+        return int(rng.integers(lo, hi + 1))
+
+    xs: list[int] = []
+    ys: list[int] = []
+    for i, ((row, col), side) in enumerate(zip(cells, sides, strict=True)):
+        x_span, y_span = spans[col], spans[row]
+        # The first shape sits anywhere in its cell. A shape in the first one's row shares
+        # its pixel rows; one in its column shares its pixel columns (k=2: the second shape;
+        # k=3: the row and the column neighbour of the corner).
+        if i > 0 and row == cells[0][0]:
+            x = int(rng.integers(free(x_span, side)[0], free(x_span, side)[1] + 1))
+            y = aligned(y_span, side, ys[0], sides[0])
+        elif i > 0 and col == cells[0][1]:
+            x = aligned(x_span, side, xs[0], sides[0])
+            y = int(rng.integers(free(y_span, side)[0], free(y_span, side)[1] + 1))
+        else:
+            x = int(rng.integers(free(x_span, side)[0], free(x_span, side)[1] + 1))
+            y = int(rng.integers(free(y_span, side)[0], free(y_span, side)[1] + 1))
+        xs.append(x)
+        ys.append(y)
+    return [
+        ShapeSpec(shape=shape, colour=colour, size=z, x=x, y=y, side=side)
+        for (shape, colour, z), x, y, side in zip(picks, xs, ys, sides, strict=True)
+    ]
+
+
 def _sample_scene(
     config: SyntheticConfig, rng: np.random.Generator
 ) -> tuple[list[ShapeSpec], tuple[int, int, int]]:
@@ -270,6 +496,10 @@ def _sample_scene(
     combos = [(s, c, z) for s in config.shapes for c in config.colours for z in config.sizes]
     k_max = min(config.max_shapes, len(combos))
     k = int(rng.integers(1, k_max + 1))
+    if config.arrangement == "relations":
+        # Distinct (shape, colour, size) so no caption names the same thing twice.
+        picks = [combos[i] for i in rng.choice(len(combos), size=k, replace=False)]
+        return _sample_relations(config, rng, picks), _sample_background(rng)
     for _ in range(100):
         # Distinct (shape, colour, size) so no caption names the same thing twice.
         picks = [combos[i] for i in rng.choice(len(combos), size=k, replace=False)]
@@ -291,10 +521,13 @@ def _sample_scene(
         y = int(rng.integers(margin, size - margin - side + 1))
         shapes.append(ShapeSpec(shape=shape, colour=colour, size=z, x=x, y=y, side=side))
         x += side + gap + int(extra)
+    return shapes, _sample_background(rng)
+
+
+def _sample_background(rng: np.random.Generator) -> tuple[int, int, int]:
     base = BACKGROUND_RGB[int(rng.integers(len(BACKGROUND_RGB)))]
     jitter = rng.integers(-BACKGROUND_JITTER, BACKGROUND_JITTER + 1, size=3)
-    background = tuple(int(v) for v in np.clip(np.array(base) + jitter, 0, 255))
-    return shapes, background  # type: ignore[return-value]
+    return tuple(int(v) for v in np.clip(np.array(base) + jitter, 0, 255))  # type: ignore[return-value]
 
 
 def _draw(
@@ -335,7 +568,7 @@ def generate(config: SyntheticConfig) -> list[SyntheticItem]:
         rng = np.random.default_rng(np.random.SeedSequence([config.seed, 0, i]))
         shapes, background = _sample_scene(config, rng)
         image = _draw(config, shapes, background, rng)
-        captions = captions_for(shapes)
+        captions = captions_for(shapes, config.arrangement)
         # Canonical first, then distinct paraphrases in a random order.
         others = [captions[j] for j in rng.permutation(np.arange(1, len(captions)))]
         items.append(
