@@ -139,6 +139,9 @@ def _encoder(config: CaptionerConfig, record: TrainRecord) -> dict[str, Any]:
         "preprocessing": enc.preprocessing,
         "features": enc.features,
         "feature_dim": enc.feature_dim,
+        "grid": "x".join(str(n) for n in enc.feature_shape[:2])
+        if enc.features == "spatial"
+        else None,
         "in_repo": enc.weights == "repo",
     }
 
@@ -198,6 +201,9 @@ def _training(record: TrainRecord) -> dict[str, Any]:
         "patience": _num(s.patience),
         "stopped_early": _yes(record.stopped_early),
         "clipnorm": None if s.clipnorm is None else _num(s.clipnorm),
+        "attention_penalty": _num(s.attention_penalty)
+        if record.model.decoder.kind == "attention"
+        else None,
         "strategy": {
             "name": _cell(strategy.name),
             "replicas": _num(strategy.replicas),

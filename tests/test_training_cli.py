@@ -23,9 +23,10 @@ from training.run_config import RunConfig
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def tiny_run(tmp_path: Path, layout: str, train_encoder: bool) -> dict:
-    """A run small enough for CI: 40 synthetic images, two epochs, a tiny model."""
-    return {
+def tiny_run(tmp_path: Path, layout: str, train_encoder: bool, kind: str = "pooled") -> dict:
+    """A run small enough for CI: 40 synthetic images, two epochs, a tiny model. ``kind``
+    "attention": the relations dataset, spatial features (a 4x4 grid) and an attention decoder."""
+    run = {
         "name": f"tiny-{layout}",
         "work_dir": str(tmp_path / "runs"),
         "seed": 0,
@@ -55,15 +56,31 @@ def tiny_run(tmp_path: Path, layout: str, train_encoder: bool) -> dict:
         "training": {"epochs": 2, "batch_size": 16, "train_encoder": train_encoder},
         "evaluation": {"decodings": ["greedy", "beam-3"], "max_images": 4},
     }
+    if kind == "attention":
+        run["name"] += "-attention"
+        run["dataset"]["synthetic"].update(arrangement="relations", max_shapes=2)
+        run["vocab"]["max_length"] = 20
+        run["model"]["encoder"].update(features="spatial", widths=[8, 16, 12])
+        run["model"]["decoder"].update(kind="attention", attention_dim=8)
+    return run
 
 
-@pytest.mark.parametrize(("layout", "train_encoder"), [("flickr8k", True), ("captions_txt", False)])
+@pytest.mark.parametrize(
+    ("layout", "train_encoder", "kind"),
+    [
+        ("flickr8k", True, "pooled"),
+        ("captions_txt", False, "pooled"),
+        ("flickr8k", True, "attention"),
+        ("captions_txt", False, "attention"),
+    ],
+)
 def test_run_pushes_a_model_that_loads_from_the_hub_and_captions_like_the_local_folder(
-    hub_server, tmp_path, capsys, layout, train_encoder
+    hub_server, tmp_path, capsys, layout, train_encoder, kind
 ):
     config_file = tmp_path / "run.json"
-    config_file.write_text(json.dumps(tiny_run(tmp_path, layout, train_encoder)))
-    repo_id = hub_server.new_repo_id(f"tiny-{layout.replace('_', '-')}")
+    config = tiny_run(tmp_path, layout, train_encoder, kind)
+    config_file.write_text(json.dumps(config))
+    repo_id = hub_server.new_repo_id(f"tiny-{layout.replace('_', '-')}-{kind}")
     code = main(
         [
             "run",
@@ -79,7 +96,7 @@ def test_run_pushes_a_model_that_loads_from_the_hub_and_captions_like_the_local_
     assert code == 0, out.err[-3000:]
     assert f"pushed to {hub_server.url}/{repo_id}" in out.out
 
-    run = tmp_path / "runs" / f"tiny-{layout}"
+    run = tmp_path / "runs" / config["name"]
     local_dir = run / "model"
     files = sorted(p.name for p in local_dir.iterdir())
     assert files == [
@@ -121,9 +138,15 @@ def test_run_pushes_a_model_that_loads_from_the_hub_and_captions_like_the_local_
     for image in images:
         pixels = load_image(image)
         for options in ({"decoding": "greedy"}, {"beam_size": 3, "num_captions": 2}):
+            if kind == "attention":
+                options["return_attention"] = True
             assert [c.to_dict() for c in hub.caption(pixels, **options)] == [
                 c.to_dict() for c in local.caption(pixels, **options)
             ]
+    assert hub.config.decoder.kind == ("attention" if kind == "attention" else "init_state_lstm")
+    if kind == "attention":
+        assert "| attention penalty (lambda) | 0.1 |" in card and "attention 8" in card
+        assert "4x4 grid" in card
 
 
 # --- user mistakes ----------------------------------------------------------------------------
@@ -253,13 +276,23 @@ def test_the_run_config_round_trips_through_json(tmp_path):
     assert config.captioner_config(10).decoder.max_length == 8
     changed = config.with_overrides(["training.epochs=7", "dataset.synthetic.n_images=12"])
     assert changed.training.epochs == 7 and changed.dataset.synthetic["n_images"] == 12
+
+
+@pytest.mark.parametrize("name", ["flickr8k", "flickr8k-attention", "synthetic"])
+def test_example_configs_are_valid_run_configs(name):
     example = subprocess.run(
-        [sys.executable, "-m", "training", "example-config", "flickr8k"],
+        [sys.executable, "-m", "training", "example-config", name],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert example.returncode == 0
-    assert RunConfig.from_json(example.stdout).model.decoder.units == 512
+    assert example.returncode == 0, example.stderr
+    config = RunConfig.from_json(example.stdout)
+    if name.startswith("flickr8k"):
+        assert config.model.encoder.architecture == "resnet50" and config.model.decoder.units == 512
+    if name == "flickr8k-attention":
+        model = config.captioner_config(100)
+        assert (model.encoder.features, model.decoder.kind) == ("spatial", "attention")
+        assert model.encoder.feature_shape == (7, 7, 2048) and model.decoder.attention_dim == 512

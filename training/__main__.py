@@ -44,6 +44,40 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "evaluation": {"split": "test", "decodings": ["greedy", "beam-3"]},
         "publish": {"repo_id": None},
     },
+    # Show, Attend and Tell (Xu et al. 2015) as far as it fits: soft attention over ResNet50's
+    # 7x7x2048 grid (the paper: VGG's 14x14x512), attention and LSTM of 512, the paper's
+    # dropout on the deep output, lambda = 1 rescaled to imcap's per-word mean loss, Adam.
+    "flickr8k-attention": {
+        "name": "resnet50-attention-flickr8k",
+        "dataset": {"name": "Flickr8k", "path": "data/flickr8k", "layout": "auto"},
+        "vocab": {"min_count": 5, "max_length": 30},
+        "model": {
+            "encoder": {
+                "architecture": "resnet50",
+                "weights": "imagenet",
+                "image_size": 224,
+                "features": "spatial",
+            },
+            "decoder": {
+                "kind": "attention",
+                "embedding_dim": 512,
+                "units": 512,
+                "attention_dim": 512,
+                "dropout": 0.5,
+            },
+        },
+        "features": {"batch_size": 32, "runtime": "auto"},
+        "training": {
+            "epochs": 30,
+            "batch_size": 64,
+            "learning_rate": 0.0004,
+            "clipnorm": 5.0,
+            "patience": 3,
+            "attention_penalty": 0.1,
+        },
+        "evaluation": {"split": "test", "decodings": ["greedy", "beam-3"]},
+        "publish": {"repo_id": None},
+    },
     "synthetic": {
         "name": "shapes",
         "dataset": {

@@ -252,7 +252,7 @@ def restore(model, checkpoints: Path | str, epoch: int) -> None:
 def write_epoch(checkpoints: Path | str, epoch: int, model, decoder, encoder=None) -> Path:
     """Write ``epoch-NNNN/`` (decoder, encoder when trained, every variable) atomically: built
     under a temporary name, then renamed into place."""
-    from imcap_hub.decoder import WEIGHT_NAMES, weights_from_keras
+    from imcap_hub.decoder import weights_from_keras
     from imcap_hub.encoder import keras_weights
 
     checkpoints = Path(checkpoints)
@@ -260,10 +260,7 @@ def write_epoch(checkpoints: Path | str, epoch: int, model, decoder, encoder=Non
     tmp = checkpoints / f".{folder.name}.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    weights = weights_from_keras(decoder)
-    save_tensors(
-        {n: weights[n] for n in WEIGHT_NAMES}, tmp / "decoder.safetensors", "imcap-decoder"
-    )
+    save_tensors(weights_from_keras(decoder), tmp / "decoder.safetensors", "imcap-decoder")
     if encoder is not None:
         save_tensors(keras_weights(encoder), tmp / "encoder.safetensors", "imcap-encoder")
     save_tensors(state_tensors(model), tmp / "state.safetensors", "imcap-train-state")

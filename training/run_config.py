@@ -141,7 +141,10 @@ class TrainingSection:
     (MirroredStrategy when there are several GPUs), ``default`` (one device), ``mirrored``
     (all GPUs, or ``devices``), ``multiworker`` (MultiWorkerMirroredStrategy from
     ``TF_CONFIG``). ``lr_schedule``: ``constant``, or ``cosine`` (decays to 1% of
-    ``learning_rate`` over ``epochs``).
+    ``learning_rate`` over ``epochs``). ``attention_penalty``: the attention decoder's weight
+    on the doubly stochastic penalty ``sum_i (1 - sum_t alpha_ti)^2`` (Xu et al.'s lambda).
+    The paper's lambda = 1 weighs it against a loss summed over a caption's words; imcap's loss
+    is a mean over words, so the same balance is lambda / (mean caption length), about 0.1.
     """
 
     epochs: int = 20
@@ -155,6 +158,7 @@ class TrainingSection:
     strategy: str = "auto"
     devices: list[str] | None = None
     deterministic: bool = True
+    attention_penalty: float = 0.1
 
     def validate(self) -> None:
         check_positive(self.epochs, "training.epochs", RunConfigError)
@@ -169,6 +173,8 @@ class TrainingSection:
         if self.min_delta < 0:
             raise RunConfigError("training.min_delta must be >= 0")
         check_choice(self.strategy, STRATEGIES, "training.strategy", RunConfigError)
+        if not self.attention_penalty >= 0:
+            raise RunConfigError("training.attention_penalty must be >= 0")
 
 
 @dataclass

@@ -262,15 +262,19 @@ class Models(NamedTuple):
 
 
 def build_models(
-    config: CaptionerConfig, seed: int, train_encoder: bool, encoder_init=None
+    config: CaptionerConfig,
+    seed: int,
+    train_encoder: bool,
+    encoder_init=None,
+    attention_penalty: float = 0.0,
 ) -> Models:
     """The models to fit. ``encoder_init``: a callable returning the Keras encoder to start
-    from (``train_encoder``)."""
+    from (``train_encoder``); ``attention_penalty``: the attention decoder's lambda."""
     import keras
 
     from imcap_hub.decoder import build_training_model
 
-    decoder = build_training_model(config, seed=seed)
+    decoder = build_training_model(config, seed=seed, alpha_reg=attention_penalty)
     if not train_encoder:
         return Models(decoder, decoder, None)
     encoder = encoder_init()
@@ -304,6 +308,10 @@ def _compile(model, settings, total_steps: int = 1) -> None:
 # --- training ---------------------------------------------------------------------------------
 
 
+def _attention_penalty(config: CaptionerConfig, settings) -> float:
+    return settings.attention_penalty if config.decoder.kind == "attention" else 0.0
+
+
 def _run_key(config: CaptionerConfig, settings, seed: int, data: TrainData) -> str:
     """What must be equal to resume: the model, the optimisation settings, the data."""
     payload = {
@@ -318,6 +326,8 @@ def _run_key(config: CaptionerConfig, settings, seed: int, data: TrainData) -> s
         "train_encoder": settings.train_encoder,
         "data": data.fingerprint(),
     }
+    if config.decoder.kind == "attention":  # pooled runs keep the keys they had
+        payload["attention_penalty"] = settings.attention_penalty
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -369,7 +379,13 @@ def fit(
     with op_determinism(settings.deterministic):
         steps = _steps(data, settings, seed)
         with strategy.scope():  # the optimizer's variables too: restore builds them
-            models = build_models(config, seed, settings.train_encoder, encoder_init)
+            models = build_models(
+                config,
+                seed,
+                settings.train_encoder,
+                encoder_init,
+                _attention_penalty(config, settings),
+            )
             _compile(models.train, settings, total_steps=steps * settings.epochs)
             if resumed_from:
                 restore(models.train, checkpoints, resumed_from)
