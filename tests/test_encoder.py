@@ -58,3 +58,12 @@ def test_spatial_features_have_the_config_grid_and_agree_across_runtimes(
 def test_a_spatial_grid_under_4x4_is_refused(config, grid):
     with pytest.raises(ConfigError, match=f"at least 4x4; .* gives {grid}"):
         config.validate()
+
+
+@pytest.mark.parametrize("name", ["nonsense", "", "auto", "tensorrt"])
+def test_runtime_available_is_false_for_names_that_are_not_runtimes(name):
+    assert runtime_available(name) is False
+
+
+def test_runtime_available_for_keras():
+    assert runtime_available("keras") is True

@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -47,18 +45,6 @@ datasets:
 
 Trained on Flickr8k.
 """
-
-
-def test_serving_imports_neither_gradio_nor_training():
-    code = (
-        "import sys, imcap_hub.serving; "
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('gradio', 'training')))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300
-    )
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]"
 
 
 def test_errors_are_imcap_errors():
