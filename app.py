@@ -1,14 +1,7 @@
-"""imcap's Gradio app (the Hugging Face Space): UI and API wiring around ``imcap_hub.predict``.
-
-    python app.py [--model REPO_OR_DIR] [--revision REV] [--port 7860]
-
-The model loads once at start-up and is warmed up with one dummy caption. With no model
-configured (``--model`` / ``IMCAP_MODEL``), or a Hub model that cannot be reached and is not
-cached, the app serves the bundled demo model and says so on the page and in ``/model_info``.
-``imcap_hub.serving`` picks, warms up, describes and serves the model; this is the page.
-
-API (gradio_client): ``/caption`` (image -> best caption; concurrent calls are batched into one
-encoder call), ``/caption_details`` (image + options -> JSON), ``/model_info`` (-> JSON).
+"""imcap's Gradio app (the Hugging Face Space): the page and its wiring. ``imcap_hub.serving``
+picks (the demo model when none is configured or the Hub is out of reach), warms up, describes
+and serves the model. ``python app.py [--model REPO_OR_DIR] [--revision REV] [--port 7860]``.
+API: ``/caption`` (batched), ``/caption_details`` (options, n-best, attention), ``/model_info``.
 """
 
 from __future__ import annotations
@@ -52,13 +45,10 @@ PATCHED_GRADIO = "6.31.0"  # the Gradio version _accept_batched_validator_answer
 
 
 def _accept_batched_validator_answers() -> bool:
-    """Work around a Gradio 6.31 bug: a validator on a ``batch=True`` event answers a tuple,
-    which ``process_validation_response`` takes for "valid" (it only inspects lists), so bad
-    images would join a batch and fail every request in it. Returns whether it is patched.
-
-    On another Gradio version the patch is skipped with a warning rather than refusing to
-    start: requirements.txt pins 6.31.0, the bug costs correctness of a batch, not the server,
-    and wrapping a private function whose contract may have changed could break every request."""
+    """Work around a Gradio 6.31 bug: a ``batch=True`` event's validator answers a tuple, which
+    ``process_validation_response`` takes for "valid", so a bad image would fail its batch.
+    On another version: skipped with a warning, not refused (the bug costs a batch, not the
+    server; patching a private function that changed could break every request)."""
     original = queueing.process_validation_response
     if getattr(original, "_imcap_fixed", False):
         return True
@@ -99,21 +89,29 @@ def example_images() -> list[str]:
     return sorted(os.fspath(p) for p in EXAMPLES_DIR.glob("*.png"))
 
 
-def _decoding_options(model_max: int) -> list[gr.components.Component]:
+def _decoding_options(model_max: int, has_attention: bool) -> list[gr.components.Component]:
     """The decoding options' controls, in /caption_details' parameter order."""
     with gr.Accordion("Decoding options", open=False):
         decoding = gr.Radio(DECODING_CHOICES, value="beam", label="Decoding")
         beam = gr.Slider(1, MAX_BEAM_UI, value=3, step=1, label="Beam width (beam search)")
-        how_many = "beam search: at most the beam width; greedy: 1"
-        count = gr.Slider(
-            1, MAX_CAPTIONS_UI, value=1, step=1, label="Number of captions", info=how_many
-        )
+        count = gr.Slider(1, MAX_CAPTIONS_UI, value=1, step=1, label="Number of captions", info="beam search: at most the beam width; greedy: 1")  # fmt: skip
         length = gr.Slider(1, model_max, value=model_max, step=1, label="Maximum length (words)")
         with gr.Row():
             temperature = gr.Slider(0.1, 2.0, value=1.0, step=0.05, label="Temperature (sampling)")
             top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p (sampling)")
             seed = gr.Number(value=0, precision=0, label="Seed (sampling)")
-    return [decoding, beam, count, length, temperature, top_p, seed]
+        no_maps = "Pick a word after captioning: its map over the image." if has_attention else "This model has no attention: it reads one pooled vector per image."  # fmt: skip
+        attention = gr.Checkbox(False, label="Show where the model looked", interactive=has_attention, info=no_maps, elem_id="attention-option")  # fmt: skip
+    return [decoding, beam, count, length, temperature, top_p, seed, attention]
+
+
+def _attention_view() -> tuple[gr.Radio, gr.Image, gr.Gallery]:
+    """Where the model looked: a word to pick, its map over the image, and every word's."""
+    with gr.Accordion("Where the model looked", open=True, elem_id="attention-view"):
+        word = gr.Radio([], label="Word", type="index", elem_id="attention-word")
+        heat = gr.Image(label="Its attention map", interactive=False, elem_id="attention-map")
+        strip = gr.Gallery(label="Every word", columns=6, height=240, elem_id="attention-strip")
+    return word, heat, strip
 
 
 def _results() -> tuple[gr.Textbox, gr.Dataframe, gr.Markdown, gr.JSON]:
@@ -149,6 +147,12 @@ def build_app(
         problems = [service.image_problem(item) for item in image]
         return ([gr.validate(p is None, p or "") for p in problems],)
 
+    def show_attention(details: dict | None, image: Any) -> tuple[gr.Radio, Any, list]:
+        views = _endpoint(service.attention_views)(details, image)
+        labels = [(view.label, i) for i, view in enumerate(views)]
+        first = views[0].image if views else None
+        return gr.Radio(labels, value=0 if views else None), first, [v[::-1] for v in views]
+
     with gr.Blocks(title="imcap: image captioning", analytics_enabled=False) as demo:
         gr.Markdown(
             "# imcap: image captioning\n"
@@ -164,11 +168,13 @@ def build_app(
                     label="Image", sources=where, type="filepath", elem_id="input-image", height=320
                 )
                 run = gr.Button("Caption", variant="primary", elem_id="caption-button")
-                options = _decoding_options(int(loaded.model.config.decoder.max_length))
+                decoder = loaded.model.config.decoder
+                options = _decoding_options(int(decoder.max_length), decoder.kind == "attention")
                 if examples := example_images():
                     gr.Examples(examples, inputs=[image], label="Examples (synthetic shapes)")
             with gr.Column(scale=1):
                 best, nbest, timing, details = _results()
+                word, heat, strip = _attention_view()
         with gr.Accordion("Model", open=True):
             gr.Markdown(serving.model_panel_markdown(service.info), elem_id="model-panel")
             if loaded.card.body:
@@ -189,7 +195,8 @@ def build_app(
             **model_queue,
         ).success(
             serving.render_details, inputs=[details], outputs=[best, nbest, timing], **private
-        )
+        ).success(show_attention, inputs=[details, image], outputs=[word, heat, strip], **private)
+        word.select(lambda views, i: views[i][0], inputs=[strip, word], outputs=[heat], **private)
 
         # API: /caption batches concurrent requests into one encoder call.
         gr.Button(visible=False).click(
@@ -215,16 +222,9 @@ def mcp_available() -> bool:
 
 def launch_kwargs(**overrides: Any) -> dict[str, Any]:
     """How to launch: upload limit, theme, CSS, no SSR/Node, MCP server where installed."""
-    return {
-        "max_file_size": f"{MAX_UPLOAD_MB}mb",
-        "theme": THEME,
-        "css": CSS,
-        "ssr_mode": False,
-        "show_error": False,  # gr.Error messages still show; anything else stays generic
-        "footer_links": ["api", "gradio"],
-        "mcp_server": mcp_available(),
-        **overrides,
-    }
+    # show_error off: gr.Error messages still show; anything else stays generic.
+    return dict(max_file_size=f"{MAX_UPLOAD_MB}mb", theme=THEME, css=CSS, ssr_mode=False, show_error=False,
+                footer_links=["api", "gradio"], mcp_server=mcp_available()) | overrides  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

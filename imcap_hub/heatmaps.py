@@ -46,6 +46,15 @@ def overlay(image: np.ndarray, grid: np.ndarray, strength: float = 0.6) -> np.nd
     return blended.round().astype(np.uint8)
 
 
+def for_display(image: np.ndarray, size: int = 384) -> np.ndarray:
+    """``image`` scaled (up or down, bilinear) so that its longer side is ``size`` pixels."""
+    scale = size / max(image.shape[:2])
+    if abs(scale - 1.0) < 1e-3:
+        return image
+    shape = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+    return np.asarray(Image.fromarray(image).resize(shape, Image.Resampling.BILINEAR))
+
+
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
         return ImageFont.load_default(size=size)
@@ -64,9 +73,8 @@ def attention_sheet(
     """One panel per map (the image with that word's map over it), titled with the word."""
     if len(maps) != len(labels):
         raise ValueError(f"{len(maps)} maps but {len(labels)} labels")
-    scale = panel / max(image.shape[:2])
-    size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
-    small = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
+    small = for_display(image, panel)
+    size = (small.shape[1], small.shape[0])
     title = 22
     columns = max(1, min(columns, len(maps)))
     rows = -(-len(maps) // columns)

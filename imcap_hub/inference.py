@@ -18,6 +18,7 @@ from .search import Hypothesis, beam_search, greedy, sample
 from .vocab import join_words
 
 if TYPE_CHECKING:
+    from .config import CaptionerConfig
     from .model import ImageCaptioner
 
 DECODINGS = ("greedy", "beam", "sample")
@@ -97,10 +98,11 @@ class DecodeOptions:
             )
         self.return_attention = bool(self.return_attention)
 
-    def validate(self, model_max_length: int, has_attention: bool = True) -> None:
+    def validate(self, model_config: CaptionerConfig) -> None:
         """The checks that need the model: ``max_length`` within the model's own limit, and
         ``return_attention`` only for a model with an attention decoder."""
-        if self.return_attention and not has_attention:
+        model_max_length = model_config.decoder.max_length
+        if self.return_attention and model_config.decoder.kind != "attention":
             raise OptionsError(
                 "return_attention: this model's decoder has no attention (it reads one pooled "
                 "feature vector per image); only an attention decoder gives per-word maps"
@@ -276,7 +278,7 @@ def predict_decodings(
     ``error`` set, not raised.
     """
     for opts in options:
-        opts.validate(model.config.decoder.max_length, model.config.decoder.kind == "attention")
+        opts.validate(model.config)
     results = [[Prediction() for _ in images] for _ in options]
     decoded: list[np.ndarray] = []
     good: list[int] = []

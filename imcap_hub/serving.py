@@ -29,6 +29,7 @@ from huggingface_hub import ModelCard
 from . import __version__
 from .demo import DEMO_MODEL_DIR
 from .errors import ImcapError
+from .heatmaps import for_display, overlay
 from .images import DEFAULT_LIMITS, ImageLimits, load_image
 from .inference import DecodeOptions, OptionsError, Prediction, predict, predict_many
 from .model import ImageCaptioner, ModelLoadError
@@ -63,6 +64,13 @@ class BadOptionError(RequestError):
 
 
 # --- which model ---------------------------------------------------------------------------------
+
+
+class AttentionView(NamedTuple):
+    """One word's attention map over the image: ``label`` ("2. dog") and the RGB ``image``."""
+
+    label: str
+    image: np.ndarray
 
 
 class CardSummary(NamedTuple):
@@ -421,7 +429,7 @@ class CaptionService:
         Raises BadOptionError naming the option."""
         try:
             decode = DecodeOptions.from_kwargs(**options)
-            decode.validate(self.loaded.model.config.decoder.max_length)
+            decode.validate(self.loaded.model.config)
         except OptionsError as e:
             raise BadOptionError(f"Bad option: {e}") from None
         return decode
@@ -436,9 +444,11 @@ class CaptionService:
         temperature: float = 1.0,
         top_p: float = 1.0,
         seed: float = 0,
+        attention: bool = False,
     ) -> dict[str, Any]:
         """Caption an image with decoding options; returns the n-best captions with scores,
-        the timings in milliseconds and the model id and revision.
+        the timings in milliseconds and the model id and revision; with ``attention``, also
+        where the model looked for each word of the best caption.
 
         Args:
             image: the image to caption.
@@ -449,6 +459,9 @@ class CaptionService:
             temperature: sampling temperature.
             top_p: nucleus sampling threshold.
             seed: random seed for sampling.
+            attention: also return, for each word of the best caption and for <end>, its
+                attention map over the image grid, {"word": ..., "grid": [[...]]}, summing to 1
+                (attention models only).
         """
         path, name = image_path(image)
         options = self.decode_options(
@@ -459,18 +472,38 @@ class CaptionService:
             temperature=temperature,
             top_p=top_p,
             seed=seed,
+            return_attention=attention,
         )
         result = self.predict_many([path], options)[0]
         if result.error:
             raise RequestError(user_message(result.error, path, name))
         keys = ("model_id", "revision", "source", "is_demo_model", "notice", "runtime")
-        return {
+        captions = [c.to_dict() for c in result.captions]
+        answer = {
             "caption": result.text,
-            "captions": [c.to_dict() for c in result.captions],
+            "captions": [{k: v for k, v in c.items() if k != "attention"} for c in captions],
             "timings_ms": {k: round(v, 3) for k, v in result.timings_ms.items()},
             "options": options.to_dict(),
             "model": {k: self.info[k] for k in keys},
         }
+        if options.return_attention:
+            answer["attention"] = captions[0]["attention"] if captions else []
+        return answer
+
+    def attention_views(self, details: dict[str, Any] | None, image: Any) -> list[AttentionView]:
+        """The best caption's attention maps drawn over the image, one per word and one for
+        ``<end>`` (empty when ``details`` has none)."""
+        if not details or not details.get("attention"):
+            return []
+        path, name = image_path(image)
+        try:
+            pixels = for_display(load_image(path, self.limits))
+        except ImcapError as e:
+            raise RequestError(user_message(str(e), path, name)) from None
+        return [
+            AttentionView(f"{i}. {entry['word']}", overlay(pixels, np.asarray(entry["grid"])))
+            for i, entry in enumerate(details["attention"], 1)
+        ]
 
     def model_info(self) -> dict[str, Any]:
         """What model this app serves: repo id, revision (commit hash), runtime, training data,

@@ -199,18 +199,13 @@ def app_model_dir(tiny_model_dir, tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="session")
-def app_server(app_model_dir):
-    """app.py's Blocks serving ``app_model_dir`` on a free 127.0.0.1 port for the session.
-
-    ``.url``, ``.demo`` (the Blocks), ``.loaded`` (serving.LoadedModel), ``.service``
-    (serving.CaptionService: ``.batch_sizes``, ``._lock``), ``.client()`` (a new gradio_client.Client).
-    """
+def _serve(model_dir):
+    """app.py's Blocks serving ``model_dir`` on a free 127.0.0.1 port, until the generator ends."""
     from types import SimpleNamespace
 
     import app
 
-    loaded = app.load_model(str(app_model_dir))
+    loaded = app.load_model(str(model_dir))
     demo = app.build_app(loaded, max_batch_size=8)
     _, url, _ = demo.launch(
         server_name="127.0.0.1",
@@ -231,6 +226,40 @@ def app_server(app_model_dir):
         )
     finally:
         demo.close()
+
+
+@pytest.fixture(scope="session")
+def app_server(app_model_dir):
+    """app.py's Blocks serving ``app_model_dir`` on a free 127.0.0.1 port for the session.
+
+    ``.url``, ``.demo`` (the Blocks), ``.loaded`` (serving.LoadedModel), ``.service``
+    (serving.CaptionService: ``.batch_sizes``, ``._lock``), ``.client()`` (a new gradio_client.Client).
+    """
+    yield from _serve(app_model_dir)
+
+
+@pytest.fixture(scope="session")
+def attention_model_dir(tiny_vocab, tmp_path_factory):
+    """A tiny untrained attention captioner (4x4 grid) whose captions have words in them."""
+    from helpers import tiny_attention_config
+
+    from imcap_hub import ImageCaptioner
+
+    model = ImageCaptioner.from_config(tiny_attention_config(), tiny_vocab, seed=1)
+    weights = dict(model.decoder_weights)
+    weights["logits/bias"] = weights["logits/bias"].copy()
+    weights["logits/bias"][tiny_vocab.end_id] = -3.0
+    weights["att/w"] = weights["att/w"] * 40  # peaked maps, as a trained model's are
+    model.set_decoder_weights(weights)
+    path = tmp_path_factory.mktemp("attention-model")
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def attention_app_server(attention_model_dir):
+    """Like ``app_server``, serving the attention model ``attention_model_dir``."""
+    yield from _serve(attention_model_dir)
 
 
 # --- end app ---

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import gradio as gr
+import numpy as np
 import pytest
 from gradio import queueing
 from gradio_client import handle_file
@@ -356,3 +357,34 @@ def test_demo_model_captions_every_example_correctly():
     index = json.loads((EXAMPLES / "examples.json").read_text())
     for name, reference in index.items():
         assert model.caption(EXAMPLES / name)[0].text == reference, name
+
+
+def test_caption_details_with_attention_gives_each_word_its_map(
+    attention_app_server, attention_model_dir, image_files
+):
+    from imcap_hub import ImageCaptioner
+
+    image = image_files["good"][0]
+    want = ImageCaptioner.from_pretrained(attention_model_dir).caption(
+        image, decoding="greedy", return_attention=True
+    )[0]
+    client = attention_app_server.client()
+    answer = client.predict(
+        handle_file(image), "greedy", 1, 1, None, 1.0, 1.0, 0, True, api_name="/caption_details"
+    )
+    assert answer["caption"] == want.text
+    assert [entry["word"] for entry in answer["attention"]] == [*want.tokens, "<end>"]
+    for entry, grid in zip(answer["attention"], want.attention, strict=True):
+        np.testing.assert_allclose(entry["grid"], grid, atol=1e-6)
+        assert sum(map(sum, entry["grid"])) == pytest.approx(1.0, abs=1e-4)
+    assert all("attention" not in c for c in answer["captions"])  # once, for the best caption
+    plain = client.predict(handle_file(image), "greedy", api_name="/caption_details")
+    assert "attention" not in plain and plain["caption"] == want.text
+
+
+def test_attention_from_a_pooled_model_is_refused_naming_it(client, image_files):
+    with pytest.raises(AppError, match="return_attention: this model's decoder has no attention"):
+        client.predict(
+            handle_file(image_files["good"][0]), "beam", 3, 1, None, 1.0, 1.0, 0, True,
+            api_name="/caption_details",
+        )  # fmt: skip

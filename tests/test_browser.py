@@ -141,3 +141,46 @@ def test_bad_upload_shows_an_error_and_the_page_keeps_working(page, app_server, 
     _upload(page, good)
     page.locator("#caption-button").click()
     assert _caption_on_page(page) == expected
+
+
+def test_a_pooled_model_says_it_has_no_attention(page, app_server):
+    page.goto(app_server.url, wait_until="networkidle")
+    page.get_by_text("Decoding options").first.click()
+    option = page.locator("#attention-option input[type=checkbox]")
+    assert option.is_disabled() and not option.is_checked()
+    assert "has no attention" in page.locator("#attention-option").inner_text()
+
+
+def test_pick_a_word_and_see_where_the_model_looked(
+    page, attention_app_server, attention_model_dir
+):
+    image = sorted((Path(__file__).parents[1] / "examples").glob("*.png"))[0]
+    best = ImageCaptioner.from_pretrained(attention_model_dir).caption(image, return_attention=True)
+    words = [*best[0].tokens, "<end>"]
+    page.goto(attention_app_server.url, wait_until="networkidle")
+    page.get_by_text("Decoding options").first.click()
+    page.locator("#attention-option input[type=checkbox]").check()
+    _upload(page, image)
+    page.locator("#caption-button").click()
+    assert _caption_on_page(page) == best[0].text
+
+    heat = page.locator("#attention-map img")
+    heat.wait_for(state="visible")
+    choices = page.locator("#attention-word label")
+    choices.nth(len(words) - 1).wait_for(state="visible")
+    assert [c.strip() for c in choices.all_inner_texts()] == [
+        f"{i}. {w}" for i, w in enumerate(words, 1)
+    ]
+    strip = page.locator("#attention-strip")
+    assert strip.locator("img").count() >= len(words)  # thumbnails, one per word
+    first = heat.get_attribute("src")
+    choices.nth(1).click()
+    page.wait_for_function(
+        "(old) => { const i = document.querySelector('#attention-map img');"
+        " return i && i.getAttribute('src') !== old; }",
+        arg=first,
+    )
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "browser_attention.png"
+    page.screenshot(path=str(shot), full_page=True)
+    print(f"\nscreenshot: {shot}")

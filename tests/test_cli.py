@@ -92,20 +92,6 @@ def test_bad_model_or_options_exit_2_with_one_line(tiny_model_dir, image_files, 
     assert message in result.stderr
 
 
-@pytest.fixture(scope="module")
-def attention_model_dir(tiny_vocab, tmp_path_factory):
-    from helpers import tiny_attention_config
-
-    model = ImageCaptioner.from_config(tiny_attention_config(), tiny_vocab, seed=1)
-    weights = dict(model.decoder_weights)
-    weights["logits/bias"] = weights["logits/bias"].copy()
-    weights["logits/bias"][tiny_vocab.end_id] = -3.0  # captions with words in them
-    model.set_decoder_weights(weights)
-    path = tmp_path_factory.mktemp("attention-model")
-    model.save_pretrained(path)
-    return path
-
-
 def test_heatmaps_writes_one_png_per_image_with_a_panel_per_word(
     attention_model_dir, image_files, tmp_path
 ):

@@ -3,6 +3,7 @@ run configs; labels ("greedy", "beam-K", "sample") map to and from options."""
 
 import numpy as np
 import pytest
+from helpers import tiny_config
 
 from imcap_hub import DecodeOptions, ImcapError
 from imcap_hub.inference import MAX_BEAM, OptionsError
@@ -82,9 +83,10 @@ def test_integral_numbers_from_uis_are_accepted_as_integers():
 
 
 def test_max_length_beyond_the_model_limit_is_refused_by_validate():
-    DecodeOptions(max_length=12).validate(model_max_length=12)
+    config = tiny_config(max_length=12)
+    DecodeOptions(max_length=12).validate(config)
     with pytest.raises(OptionsError, match="max_length must be an integer from 1 to 12"):
-        DecodeOptions(max_length=13).validate(model_max_length=12)
+        DecodeOptions(max_length=13).validate(config)
 
 
 def test_from_kwargs_names_a_misspelt_option():

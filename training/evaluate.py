@@ -368,7 +368,7 @@ def evaluate(
         raise EvaluationError("no decodings to evaluate; e.g. decodings=('greedy', 'beam-3')")
     options = {spec: DecodeOptions.from_label(spec) for spec in specs}
     for opts in options.values():
-        opts.validate(model.config.decoder.max_length)
+        opts.validate(model.config)
     if max_images is not None and (isinstance(max_images, bool) or int(max_images) < 1):
         raise EvaluationError(f"max_images must be a positive integer or None, got {max_images!r}")
     if batch_size < 1:
