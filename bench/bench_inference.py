@@ -79,13 +79,22 @@ def jpeg_bytes(seed: int) -> bytes:
 
 
 def build_model(
-    vocab_size: int, max_length: int, runtime: str, encoder: Encoder | None
+    vocab_size: int, max_length: int, runtime: str, encoder: Encoder | None, kind: str = "pooled"
 ) -> ImageCaptioner:
+    """A Flickr8k-sized captioner; ``kind`` "attention": ResNet50's 7x7x2048 grid, attention
+    512, the same embedding and LSTM sizes."""
     words = [f"w{i}" for i in range(vocab_size - 4)]
     vocab = Vocabulary.build([" ".join(words)])
+    attention = kind == "attention"
     config = CaptionerConfig(
-        encoder=EncoderConfig(weights="random"),
-        decoder=DecoderConfig(embedding_dim=256, units=512, max_length=max_length),
+        encoder=EncoderConfig(weights="random", features="spatial" if attention else "pooled"),
+        decoder=DecoderConfig(
+            kind="attention" if attention else "init_state_lstm",
+            embedding_dim=256,
+            units=512,
+            max_length=max_length,
+            attention_dim=512 if attention else None,
+        ),
         vocab_size=len(vocab),
     )
     model = ImageCaptioner.from_config(
@@ -163,19 +172,28 @@ def main() -> None:
     auto = build_model(args.vocab, args.max_length, "auto", keras_encoder)
     auto.encoder.prepare()
     chosen = auto.encoder.runtime.name
+    attention = build_model(args.vocab, args.max_length, "auto", None, kind="attention")
+    attention.encoder.prepare()
     options = {"greedy": DecodeOptions(decoding="greedy"), "beam-3": DecodeOptions(beam_size=3)}
+    models = {"": auto, "attention ": attention}
     e2e = interleaved_medians(
-        {name: (lambda o=o: predict(auto, images[0], o)) for name, o in options.items()},
+        {
+            f"{kind}{name}": (lambda m=m, o=o: predict(m, images[0], o))
+            for kind, m in models.items()
+            for name, o in options.items()
+        },
         args.repeats,
     )
-    for name in options:
-        rows.append(
-            (
-                f"end to end, JPEG bytes -> text, {name} ({chosen})",
-                e2e[name],
-                f"{args.max_length} words",
+    for kind, model in models.items():
+        for name in options:
+            rows.append(
+                (
+                    f"end to end, JPEG bytes -> text, {kind}{name} ({model.encoder.runtime.name})",
+                    e2e[f"{kind}{name}"],
+                    f"{args.max_length} words"
+                    + (", ResNet50 7x7x2048 grid, attention 512" if kind else ""),
+                )
             )
-        )
     features = auto.encoder.encode([load_image(images[0])])
     from imcap_hub.inference import search_features, single_threaded_blas
 
@@ -245,6 +263,10 @@ def main() -> None:
         f"| greedy decoding / encoder ({chosen}) | {100 * decode_ms / encoder_ms[chosen]:.0f}% | <= 30% |"
     )
     print(f"| Keras predict / {chosen} encoder | {rows[0][1] / encoder_ms[chosen]:.1f}x | |")
+    for name in options:
+        ratio = e2e[f"attention {name}"] / e2e[name]
+        print(f"| attention / pooled, end-to-end {name} | {ratio:.2f}x | <= 1.5x (greedy) |")
+    print(f"| beam-3 / greedy, pooled | {e2e['beam-3'] / e2e['greedy']:.2f}x | |")
     if agreement:
         print(
             f"| beam-3 captions equal, openvino-bf16 vs {chosen} (random weights) | {agreement} | |"

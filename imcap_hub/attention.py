@@ -30,10 +30,10 @@ from .config import CaptionerConfig, ConfigError
 from .decoder import check_weights, log_softmax
 from .vocab import Vocabulary
 
-# (annotations (N, L, C), W_a a + b (N, L, A), h (N, U), c (N, U),
+# (a @ [K_z | L_z] (N, L, 4U + E), W_a a + b (N, L, A), h (N, U), c (N, U),
 #  h @ [W_h | W_beta | recurrent_kernel] (N, A + 1 + 4U), alpha of the step just taken (N, L)).
-# The projected annotations are computed once per image; the fused product of h is carried so
-# that a step needs one matmul on h (see AttentionStepDecoder).
+# Both projections of the annotations are computed once per image; the fused product of h is
+# carried so that a step needs one matmul on h (see AttentionStepDecoder).
 AttentionState = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 # Weight names in model.safetensors; stable across Keras versions (we never store Keras paths).
@@ -353,8 +353,11 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 class AttentionStepDecoder:
     """One attention-LSTM step at a time in numpy; no Keras, no per-word graph calls.
 
-    A step costs one row lookup, the attention over L positions and three small matmuls (on
-    z_t, on h_t and the output layer): everything else is folded into tables once, here.
+    A step costs one row lookup, the attention over L positions and two matmuls (on h_t and
+    the output layer): everything else is folded into tables once, here or per image. The
+    context's contribution ``z_t @ [K_z | L_z]`` is ``beta_t * alpha_t @ (a @ [K_z | L_z])``,
+    and ``a @ [K_z | L_z]`` is computed once per image: a step then reads an (L, 4U + E) table
+    instead of the (C, 4U + E) matrix (for ResNet50, 49 rows instead of 2048).
     The state's last element is the step's alpha (N, L); search records it when asked.
     """
 
@@ -411,22 +414,22 @@ class AttentionStepDecoder:
         h = np.tanh(pooled @ self.init_h[0] + self.init_h[1])
         c = np.tanh(pooled @ self.init_c[0] + self.init_c[1])
         projected = a @ self.features_kernel + self.features_bias
+        context = a @ self.context_kernel
         recurrent = (h @ self.hidden_kernel)[:, self.embedding_dim :]
         alpha = np.zeros(a.shape[:2], dtype=np.float32)  # no step taken yet
-        return a, projected, h, c, recurrent, alpha
+        return context, projected, h, c, recurrent, alpha
 
     def step_logits(
         self, tokens: np.ndarray, state: AttentionState
     ) -> tuple[np.ndarray, AttentionState]:
         """Tokens (N,) and state -> logits (N, V) for the next token, and the new state."""
-        a, projected, _, c, recurrent, _ = state
+        context, projected, _, c, recurrent, _ = state
         e, u, att = self.embedding_dim, self.units, self.attention_dim
         scores = np.tanh(projected + recurrent[:, None, :att]) @ self.score  # (N, L)
         alpha = np.exp(scores - scores.max(axis=1, keepdims=True))
         alpha /= alpha.sum(axis=1, keepdims=True)
         beta = _sigmoid(recurrent[:, att : att + 1] + self.beta_bias)  # (N, 1)
-        z = beta * (alpha[:, None, :] @ a)[:, 0]  # (N, C)
-        from_z = z @ self.context_kernel
+        from_z = beta * (alpha[:, None, :] @ context)[:, 0]  # z @ [K_z | L_z], (N, 4U + E)
         from_token = self.token_table[tokens]
         gates = from_token[:, : 4 * u] + from_z[:, : 4 * u] + recurrent[:, att + 1 :]
         i = _sigmoid(gates[:, :u])
@@ -438,7 +441,7 @@ class AttentionStepDecoder:
         from_h = h @ self.hidden_kernel
         deep = from_token[:, 4 * u :] + from_z[:, 4 * u :] + from_h[:, :e]
         logits = deep @ self.out_kernel + self.out_bias
-        return logits, (a, projected, h, c, from_h[:, e:], alpha)
+        return logits, (context, projected, h, c, from_h[:, e:], alpha)
 
     @staticmethod
     def attention(state: AttentionState) -> np.ndarray:

@@ -164,29 +164,33 @@ def test_fit_minimises_the_penalty_too():
     assert losses[1.0] - losses[0.0] == pytest.approx(penalty, rel=1e-4)
 
 
-def test_the_projection_of_the_annotations_is_computed_once_per_image():
+def test_the_projections_of_the_annotations_are_computed_once_per_image():
     config = attention_config()
     weights = numpy_weights(config, seed=3)
     features = np.random.default_rng(3).normal(size=(2, 3, 5, 16)).astype("float32")
     decoder = AttentionStepDecoder(weights, config)
     fresh = AttentionStepDecoder({n: w.copy() for n, w in weights.items()}, config)
     state = decoder.init_state(features)
-    a, projected, h, c, recurrent, alpha = state
-    assert a.shape == (2, 15, 16) and projected.shape == (2, 15, 8)
+    context, projected, h, c, recurrent, alpha = state
+    a = features.reshape(2, 15, 16)
+    assert context.shape == (2, 15, 4 * 16 + 8) and projected.shape == (2, 15, 8)
     assert h.shape == c.shape == (2, 16) and alpha.shape == (2, 15)
     assert recurrent.shape == (2, 8 + 1 + 4 * 16)
     np.testing.assert_allclose(
         projected, a @ weights["att/W_a"] + weights["att/b"], rtol=1e-5, atol=1e-5
     )
-    # Steps must not touch W_a: poison it after init_state, the steps still give the same numbers.
-    decoder.features_kernel[:] = np.nan
-    decoder.features_bias[:] = np.nan
+    kernel = np.concatenate([weights["lstm/kernel"][8:], weights["deep/L_z"]], axis=1)
+    np.testing.assert_allclose(context, a @ kernel, rtol=1e-5, atol=1e-5)
+    # Steps must not touch W_a nor the context kernel: poison them after init_state, the steps
+    # still give the same numbers.
+    for array in (decoder.features_kernel, decoder.features_bias, decoder.context_kernel):
+        array[:] = np.nan
     fresh_state = fresh.init_state(features)
     for token in (START, 5, 6):
         tokens = np.full(2, token)
         logits, state = decoder.step_logits(tokens, state)
         expected, fresh_state = fresh.step_logits(tokens, fresh_state)
-        assert state[1] is projected  # carried, never recomputed
+        assert state[0] is context and state[1] is projected  # carried, never recomputed
         np.testing.assert_array_equal(logits, expected)
 
 
