@@ -374,8 +374,10 @@ def render_card(
     repo_id: str | None = None,
     space_url: str | None = None,
     model_name: str | None = None,
+    notes: str | None = None,
 ) -> str:
-    """The model card (README.md text) for a model: metadata header and sections.
+    """The model card (README.md text) for a model: metadata header and sections; ``notes``: a
+    paragraph of Markdown under the summary.
 
     ``metrics``: what ``training.evaluate.evaluate`` returns, or None for a model that was not
     evaluated; ``record``: the run's training record. The title is the repo's name, else
@@ -387,6 +389,7 @@ def render_card(
     text = _template().render(
         card_data=data.to_yaml(),
         title=_cell(_model_name(record, repo_id, model_name)),
+        notes=(notes or "").strip(),
         demo=ds["synthetic"] or model_config.encoder.architecture == "tiny_resnet",
         encoder=_encoder(model_config, record),
         decoder=model_config.decoder,

@@ -274,3 +274,30 @@ def test_card_from_real_evaluation(eval_metrics):
     for label, scores in eval_metrics["decodings"].items():
         for metric, value in scores.items():
             assert names[f"{metric} ({label})"] == round(value, 4)
+
+
+def test_notes_stand_under_the_summary():
+    notes = "Chosen over the pooled kind: it gets the spatial relations right."
+    text = render_card(RESNET, METRICS, RECORD, repo_id=REPO, notes=f"  {notes}\n")
+    assert text.index(notes) < text.index("## What it does")
+    assert notes not in render_card(RESNET, METRICS, RECORD, repo_id=REPO)
+
+
+def test_an_attention_model_card_describes_the_grid_the_maps_and_the_penalty():
+    from imcap_hub import DecoderConfig
+
+    config = CaptionerConfig(
+        encoder=EncoderConfig(features="spatial"),
+        decoder=DecoderConfig(kind="attention", attention_dim=512),
+        vocab_size=2984,
+    )
+    record = replace(RECORD, model=config)
+    text = render_card(config, METRICS, record, repo_id=REPO)
+    assert "a 7x7 grid of 2048-d feature vectors" in text and "soft" in text
+    assert "attention 512" in text and "(7x7 x 2048-d)" in text
+    assert "return_attention=True" in text
+    assert "| attention penalty (lambda) | 0.1 |" in text
+    assert "no attention" not in text and "coarse" in text
+    pooled = render_card(RESNET, METRICS, RECORD, repo_id=REPO)
+    assert "return_attention" not in pooled and "attention penalty" not in pooled
+    assert "no attention" in pooled

@@ -121,6 +121,7 @@ def publish(
     metrics: dict | None,
     record: TrainRecord,
     model_name: str | None = None,
+    notes: str | None = None,
     repo_id: str | None = None,
     token: str | None = None,
     private: bool | None = None,
@@ -131,7 +132,8 @@ def publish(
     """Write ``model`` with its model card and metrics to ``out_dir``; push it when ``repo_id``.
 
     ``metrics``: the evaluation (None: not evaluated); ``record``: the run's training record;
-    ``model_name``: the card's title when there is no repo id (default: the run's name).
+    ``model_name``: the card's title when there is no repo id (default: the run's name);
+    ``notes``: a paragraph the card shows under its summary.
     Sets ``model.card`` (rendered by :func:`model_card.render_card`) and ``model.metrics``, then
     ``model.save_pretrained(out_dir)``. With ``repo_id``: creates the repo (``private`` applies to
     a new repo only) and ``branch`` if missing, and pushes the same files in one commit; imcap
@@ -156,6 +158,7 @@ def publish(
         repo_id=repo_id,
         space_url=space_url,
         model_name=model_name,
+        notes=notes,
     )
     model.card = card
     model.metrics = metrics

@@ -204,13 +204,15 @@ class EvaluationSection:
 class PublishSection:
     """The model folder (``out_dir``, default ``<run>/model``) and, with ``repo_id``, the Hub
     repo it is pushed to; ``model_name`` titles the model card when there is no repo id
-    (default: the run name). The token is never stored here: pass ``--token`` or set
+    (default: the run name); ``notes``: a paragraph for the card, under its summary (Markdown:
+    why this model, what it is for). The token is never stored here: pass ``--token`` or set
     ``HF_TOKEN`` (or log in with ``hf auth login``)."""
 
     out_dir: str | None = None
     repo_id: str | None = None
     private: bool | None = None
     model_name: str | None = None
+    notes: str | None = None
 
 
 @dataclass

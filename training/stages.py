@@ -374,6 +374,7 @@ def stage_push(
         metrics=metrics,
         record=record,
         model_name=config.publish.model_name,
+        notes=config.publish.notes,
         repo_id=repo_id or config.publish.repo_id,
         token=token,
         private=True if private else config.publish.private,
