@@ -27,7 +27,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from .config import CaptionerConfig, ConfigError
-from .decoder import check_weights, log_softmax
+from .decoder import check_weights, log_softmax, lstm_update, sigmoid
 from .vocab import Vocabulary
 
 # (a @ [K_z | L_z] (N, L, 4U + E), W_a a + b (N, L, A), h (N, U), c (N, U),
@@ -345,11 +345,6 @@ def attention_weights_into_keras(model, weights: Mapping[str, np.ndarray]) -> No
 # --- numpy step function ----------------------------------------------------------------------
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    # Same value as 1/(1+exp(-x)) without overflow warnings for large |x|.
-    return 0.5 * (1.0 + np.tanh(0.5 * x))
-
-
 class AttentionStepDecoder:
     """One attention-LSTM step at a time in numpy; no Keras, no per-word graph calls.
 
@@ -428,16 +423,11 @@ class AttentionStepDecoder:
         scores = np.tanh(projected + recurrent[:, None, :att]) @ self.score  # (N, L)
         alpha = np.exp(scores - scores.max(axis=1, keepdims=True))
         alpha /= alpha.sum(axis=1, keepdims=True)
-        beta = _sigmoid(recurrent[:, att : att + 1] + self.beta_bias)  # (N, 1)
+        beta = sigmoid(recurrent[:, att : att + 1] + self.beta_bias)  # (N, 1)
         from_z = beta * (alpha[:, None, :] @ context)[:, 0]  # z @ [K_z | L_z], (N, 4U + E)
         from_token = self.token_table[tokens]
         gates = from_token[:, : 4 * u] + from_z[:, : 4 * u] + recurrent[:, att + 1 :]
-        i = _sigmoid(gates[:, :u])
-        f = _sigmoid(gates[:, u : 2 * u])
-        g = np.tanh(gates[:, 2 * u : 3 * u])
-        o = _sigmoid(gates[:, 3 * u :])
-        c = f * c + i * g
-        h = o * np.tanh(c)
+        h, c = lstm_update(gates, c, u)
         from_h = h @ self.hidden_kernel
         deep = from_token[:, 4 * u :] + from_z[:, 4 * u :] + from_h[:, :e]
         logits = deep @ self.out_kernel + self.out_bias

@@ -225,7 +225,17 @@ def random_weights(config: CaptionerConfig, seed: int = 0) -> dict[str, np.ndarr
 # --- numpy step function ----------------------------------------------------------------------
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
+def lstm_update(gates: np.ndarray, c: np.ndarray, units: int) -> tuple[np.ndarray, np.ndarray]:
+    """One LSTM cell update from its pre-activations (Keras gate order i, f, c, o): (h, c)."""
+    i = sigmoid(gates[:, :units])
+    f = sigmoid(gates[:, units : 2 * units])
+    g = np.tanh(gates[:, 2 * units : 3 * units])
+    o = sigmoid(gates[:, 3 * units :])
+    c = f * c + i * g
+    return o * np.tanh(c), c
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
     # Same value as 1/(1+exp(-x)) without overflow warnings for large |x|.
     return 0.5 * (1.0 + np.tanh(0.5 * x))
 
@@ -265,14 +275,7 @@ class StepDecoder:
     def step_logits(self, tokens: np.ndarray, state: State) -> tuple[np.ndarray, State]:
         """Tokens (N,) and state -> logits (N, V) for the next token, and the new state."""
         _, c, h_recurrent = state
-        z = self.input_table[tokens] + h_recurrent
-        u = self.units
-        i = _sigmoid(z[:, :u])
-        f = _sigmoid(z[:, u : 2 * u])
-        g = np.tanh(z[:, 2 * u : 3 * u])
-        o = _sigmoid(z[:, 3 * u :])
-        c = f * c + i * g
-        h = o * np.tanh(c)
+        h, c = lstm_update(self.input_table[tokens] + h_recurrent, c, self.units)
         out = h @ self.fused
         return out[:, : self.vocab_size] + self.out_bias, (h, c, out[:, self.vocab_size :])
 
