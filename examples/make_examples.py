@@ -4,8 +4,9 @@ captions correctly.
     python examples/make_examples.py [--config training/demo.json]
 
 Images come from a seed the demo model was not trained on. With the demo model present, only
-images it captions exactly right (its canonical caption, beam search width 3) are kept.
-``examples/examples.json`` maps each file to its reference (canonical) caption.
+images it captions exactly right (one of the image's references, word for word, with beam
+search width 3) are kept. ``examples/examples.json`` maps each file to its references, the
+canonical caption first.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from imcap_hub.files import atomic_write_json  # noqa: E402
 from training.synthetic import SyntheticConfig, generate  # noqa: E402
 
 DEMO_RUN_CONFIG = HERE.parent / "training" / "demo.json"
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         colours = frozenset(s.colour for s in item.shapes)
         if any(colours <= frozenset(s.colour for s in c.shapes) for c in chosen):
             continue  # variety: every example brings a colour the others lack
-        if model is not None and model.caption(item.image)[0].text != item.captions[0]:
+        if model is not None and model.caption(item.image)[0].text not in item.captions:
             continue
         chosen.append(item)
         seen_counts[k] = seen_counts.get(k, 0) + 1
@@ -75,12 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     for item in sorted(chosen, key=lambda it: (len(it.shapes), it.index)):
         name = item.captions[0].replace(" ", "_") + ".png"
         item.image.save(args.out / name, optimize=True)
-        index[name] = item.captions[0]
-    (args.out / "examples.json").write_text(json.dumps(index, indent=1) + "\n")
+        index[name] = item.captions
+    atomic_write_json(args.out / "examples.json", index, indent=1)
     checked = "checked against the demo model" if model is not None else "demo model absent"
     print(f"wrote {len(index)} examples to {args.out} ({checked})")
-    for name, caption in index.items():
-        print(f"  {name}: {caption}")
+    for name, references in index.items():
+        print(f"  {name}: {references[0]}")
     return 0
 
 

@@ -355,8 +355,8 @@ def test_examples_are_small_synthetic_pngs():
 def test_demo_model_captions_every_example_correctly():
     model = ImageCaptioner.from_pretrained(DEMO_MODEL_DIR)
     index = json.loads((EXAMPLES / "examples.json").read_text())
-    for name, reference in index.items():
-        assert model.caption(EXAMPLES / name)[0].text == reference, name
+    for name, references in index.items():
+        assert model.caption(EXAMPLES / name)[0].text in references, name
 
 
 def test_caption_details_with_attention_gives_each_word_its_map(
