@@ -81,7 +81,11 @@ def run_config(name: str, work: Path, n_images: int, epochs: int, kind: str) -> 
 
 
 def train(config: dict, work: Path) -> Path:
-    """One resumable ``python -m training run``; returns the run folder."""
+    """One resumable ``python -m training run``; returns the run folder. A run that has already
+    been evaluated is not run again (delete its folder to retrain it)."""
+    run = work / config["name"]
+    if (run / "metrics.json").exists() and (run / "model" / "config.json").exists():
+        return run
     path = work / f"{config['name']}.json"
     path.write_text(json.dumps(config, indent=2))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
