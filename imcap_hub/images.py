@@ -123,29 +123,44 @@ def _decode_bytes(data: bytes, what: str, limits: ImageLimits) -> np.ndarray:
 
 
 def _from_array(arr: np.ndarray, what: str, limits: ImageLimits) -> np.ndarray:
+    """An array as load_image's docstring says; refuse anything else, naming the reason."""
     if arr.ndim == 2:
         arr = arr[..., None]
     if arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4):
         raise ImageError(f"{what}: expected an HxW, HxWx1, HxWx3 or HxWx4 array, got {arr.shape}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ImageError(f"{what}: the array has no pixels (shape {arr.shape})")
     if arr.shape[0] * arr.shape[1] > limits.max_pixels:
         raise ImageError(f"{what}: {arr.shape[1]}x{arr.shape[0]} pixels is over the limit")
-    if arr.dtype != np.uint8:
-        if np.issubdtype(arr.dtype, np.floating):
-            scale = 255.0 if float(np.nanmax(arr, initial=0.0)) <= 1.0 else 1.0
-            arr = np.clip(np.nan_to_num(arr) * scale, 0, 255).round().astype(np.uint8)
-        elif arr.dtype == np.uint16:
-            arr = (arr.astype(np.uint32) * 255 // 65535).astype(np.uint8)
-        else:
-            arr = np.clip(arr, 0, 255).astype(np.uint8)
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8) * 255
+    elif np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all():
+            raise ImageError(f"{what}: the array holds NaN or infinite values")
+        scale = 255.0 if float(arr.max()) <= 1.0 else 1.0
+        arr = np.clip(arr * scale, 0, 255).round().astype(np.uint8)
+    elif arr.dtype == np.uint16:
+        arr = (arr.astype(np.uint32) * 255 // 65535).astype(np.uint8)
+    elif np.issubdtype(arr.dtype, np.integer):
+        arr = np.clip(arr, 0, 255).astype(np.uint8)
+    else:
+        raise ImageError(f"{what}: pixels of type {arr.dtype} are not an image (use uint8)")
     if arr.shape[-1] == 1:
         arr = np.repeat(arr, 3, axis=-1)
     elif arr.shape[-1] == 4:
-        return _to_rgb(Image.fromarray(arr, mode="RGBA")).__array__()
+        return np.asarray(_to_rgb(Image.fromarray(np.ascontiguousarray(arr), mode="RGBA")))
     return np.ascontiguousarray(arr)
 
 
 def load_image(source: ImageInput, limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarray:
     """Decode ``source`` to an HxWx3 uint8 RGB array with EXIF orientation applied.
+
+    ``source``: a path, bytes, a PIL image or a numpy array. Arrays are read as
+    (H, W) or (H, W, 1) grey, (H, W, 3) RGB, or (H, W, 4) RGBA composited on white (as for
+    files); uint8 as is, uint16 scaled to 0..255, other integers clipped to 0..255, bool as
+    black and white, floats as 0..1 when their maximum is at most 1 and as 0..255 otherwise.
+    Refused: other shapes, no pixels (H or W is 0), NaN or infinite floats, other dtypes
+    (complex, strings, objects), more pixels than ``limits`` allows.
 
     Raises ImageError with a one-line reason for anything that is not a usable image.
     """

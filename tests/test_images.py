@@ -90,6 +90,14 @@ def test_all_input_kinds_decode_the_same(tmp_path, source):
         (np.full((4, 4), 7, np.uint8), 7),
         (np.full((4, 4, 3), 0.5, np.float32), 128),
         (np.full((4, 4, 1), 65535, np.uint16), 255),
+        (np.full((4, 4, 3), 200.0, np.float64), 200),
+        (np.full((4, 4, 3), -3, np.int32), 0),
+        (np.full((4, 4, 3), 300, np.int64), 255),
+        (np.ones((4, 4, 3), bool), 255),
+        (np.zeros((4, 4), bool), 0),
+        # RGBA: composited on white, as files are; opaque pixels keep their colour
+        (np.dstack([np.full((4, 4, 3), 10, np.uint8), np.full((4, 4), 255, np.uint8)]), 10),
+        (np.zeros((4, 4, 4), np.uint8), 255),
     ],
 )
 def test_arrays_of_other_dtypes(array, expected):
@@ -117,6 +125,15 @@ def test_bad_files_raise_image_error_naming_the_problem(image_files, kind):
         (b"", "empty"),
         ("/nonexistent/dog.jpg", "no such file"),
         (np.zeros((4, 4, 5), np.uint8), "expected an HxW"),
+        (np.zeros((4, 4, 2), np.uint8), "expected an HxW"),
+        (np.zeros((2, 2, 2, 3), np.uint8), "expected an HxW"),
+        (np.zeros((0, 0, 3), np.uint8), "has no pixels"),
+        (np.zeros((0, 5, 3), np.uint8), "has no pixels"),
+        (np.zeros((5, 0), np.uint8), "has no pixels"),
+        (np.full((4, 4, 3), np.nan, np.float32), "NaN or infinite"),
+        (np.full((4, 4, 3), np.inf, np.float64), "NaN or infinite"),
+        (np.zeros((4, 4, 3), np.complex64), "complex64 are not an image"),
+        (np.full((4, 4, 3), "x"), "are not an image"),
         (12345, "unsupported image input"),
     ],
 )
