@@ -92,6 +92,11 @@ def check_weights(weights: Mapping[str, np.ndarray], config: CaptionerConfig) ->
             raise DecoderWeightsError(
                 f"model.safetensors tensor {name} has shape {got}, config.json implies {shape}{hint}"
             )
+        if not np.isfinite(weights[name]).all():
+            # NaN weights would caption everything "" with no error anywhere.
+            raise DecoderWeightsError(
+                f"model.safetensors tensor {name} holds NaN or infinite values"
+            )
 
 
 def save_weights(

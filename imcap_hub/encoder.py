@@ -213,6 +213,8 @@ def load_safetensors_into(model, path: str | os.PathLike) -> None:
                 f"{Path(path).name}: tensor {name} has shape {tensors[name].shape}, "
                 f"the config needs {tuple(var.shape)}"
             )
+        if np.issubdtype(tensors[name].dtype, np.floating) and not np.isfinite(tensors[name]).all():
+            raise EncoderError(f"{Path(path).name}: tensor {name} holds NaN or infinite values")
         var.assign(tensors[name])
 
 

@@ -91,3 +91,14 @@ def test_weights_files_are_deterministic(tmp_path):
     save_weights(weights, tmp_path / "a.safetensors", tiny_config())
     save_weights(weights, tmp_path / "b.safetensors", tiny_config())
     assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_weights_that_are_not_finite_are_refused_naming_the_tensor(tmp_path, bad):
+    config = tiny_config()
+    weights = random_weights(config, seed=0)
+    weights["lstm/kernel"] = weights["lstm/kernel"].copy()
+    weights["lstm/kernel"][0, 0] = bad
+    save_weights(weights, tmp_path / "model.safetensors", config)
+    with pytest.raises(DecoderWeightsError, match="lstm/kernel holds NaN or infinite values"):
+        load_weights(tmp_path / "model.safetensors", config)

@@ -67,3 +67,20 @@ def test_runtime_available_is_false_for_names_that_are_not_runtimes(name):
 
 def test_runtime_available_for_keras():
     assert runtime_available("keras") is True
+
+
+def test_encoder_weights_that_are_not_finite_are_refused_naming_file_and_tensor(
+    spatial_encoder_file, tmp_path
+):
+    from imcap_hub.encoder import EncoderError
+    from imcap_hub.files import load_tensors
+
+    config, path = spatial_encoder_file
+    tensors = load_tensors(path)
+    name = next(n for n in sorted(tensors) if "kernel" in n)
+    tensors[name] = tensors[name].copy()
+    tensors[name].flat[0] = np.nan
+    bad = tmp_path / "encoder.safetensors"
+    save_tensors(tensors, bad, "test")
+    with pytest.raises(EncoderError, match=f"encoder.safetensors: tensor {name} holds NaN"):
+        Encoder(config, weights_file=bad, runtime="keras").encode([random_image(0)])
