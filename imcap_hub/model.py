@@ -260,6 +260,9 @@ class ImageCaptioner(
             raise ModelLoadError(
                 f"{name!r} is neither a model folder nor a valid Hub repo id"
             ) from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            # huggingface_hub's mixin reads config.json itself, before imcap's checks run.
+            raise ModelLoadError(f"{name}: config.json cannot be read: {e}") from None
         except (LocalEntryNotFoundError, OfflineModeIsEnabled, HfHubHTTPError) as e:
             # Raised by the mixin's own config.json download, before _from_pretrained runs.
             raise _load_error(e, name, revision) from None

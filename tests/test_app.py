@@ -270,6 +270,26 @@ def test_a_model_that_cannot_be_served_exits_2_with_one_line(capsys):
     )
 
 
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (b"{not json", "config.json cannot be read: Expecting property name"),
+        (b"\xff\xfe garbage", "config.json cannot be read: 'utf-8' codec"),
+    ],
+)
+def test_a_model_folder_with_an_unreadable_config_exits_2(
+    app_model_dir, tmp_path, capsys, config, message
+):
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(app_model_dir, folder)
+    (folder / "config.json").write_bytes(config)
+    assert app.main(["--model", str(folder), "--no-mcp"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+
+
 def test_app_py_is_the_page_and_its_wiring_only():
     """At most 250 lines, and no imports but imcap_hub, gradio and the standard library."""
     source = Path(app.__file__).read_text()

@@ -280,3 +280,23 @@ def test_predict_decodings_encodes_once_and_matches_predict_many(tiny_captioner,
     assert len(calls) == 1
     for got_one, want in zip(got, expected, strict=True):
         assert [p.captions for p in got_one] == [p.captions for p in want]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"{not json", "config.json cannot be read: Expecting property name"),
+        (b"\xff\xfe\x00garbage", "config.json cannot be read: 'utf-8' codec"),
+    ],
+)
+def test_a_config_json_that_cannot_be_read_is_a_load_error(
+    tiny_model_dir, tmp_path, content, message
+):
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "config.json").write_bytes(content)
+    with pytest.raises(ModelLoadError, match=message) as info:
+        ImageCaptioner.from_pretrained(folder)
+    assert "\n" not in str(info.value)
