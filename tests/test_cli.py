@@ -81,6 +81,9 @@ def test_good_images_still_caption_next_to_a_bad_one(tiny_model_dir, image_files
     [
         (["--model", "/no/such/model"], "neither a model folder nor a valid Hub repo id"),
         (["--beam-size", "0"], "beam_size must be an integer from 1 to 20"),
+        (["--decoding", "sample", "--seed", "-1"], "seed must be an integer from 0"),
+        (["--max-length", "0"], "max_length must be a positive integer"),
+        (["--top-p", "1.5"], "top_p must be a number in (0, 1]"),
     ],
 )
 def test_bad_model_or_options_exit_2_with_one_line(tiny_model_dir, image_files, args, message):
