@@ -18,6 +18,8 @@ SPECIALS = (PAD, START, END, UNK)
 VOCAB_FORMAT_VERSION = 1
 
 _NON_WORD = re.compile(r"[^a-z0-9' ]+")
+# Typographic and look-alike apostrophes: ’ ‘ ʼ ′ ＇ ` all mean '.
+_APOSTROPHES = str.maketrans(dict.fromkeys("\u2019\u2018\u02bc\u2032\uff07`", "'"))
 _EDGE_APOSTROPHES = re.compile(r"(^'+|'+$)")
 # Clitics are tokens of their own, as in the PTB tokenisation Flickr8k ships ("dog 's", "do n't"):
 # one "dog" to learn instead of "dog" and "dog's". decode() glues them back on.
@@ -37,7 +39,7 @@ def normalize_caption(text: str) -> list[str]:
     """
     text = unicodedata.normalize("NFKD", text)
     text = "".join(ch for ch in text if not unicodedata.combining(ch)).lower()
-    text = text.replace("\u2019", "'")
+    text = text.translate(_APOSTROPHES)
     text = _SPLIT_CLITIC.sub(r"\1", text)
     text = _NON_WORD.sub(" ", text)
     words = []

@@ -71,3 +71,8 @@ def test_bad_vocab_files(data, message):
 def test_specials_must_come_first():
     with pytest.raises(VocabularyError, match="must start with"):
         Vocabulary(("a", *SPECIALS))
+
+
+@pytest.mark.parametrize("apostrophe", ["'", "\u2019", "\u2018", "\u02bc", "\u2032", "\uff07", "`"])
+def test_clitics_split_alike_with_any_apostrophe(apostrophe):
+    assert normalize_caption(f"The dog{apostrophe}s ball") == ["the", "dog", "'s", "ball"]
