@@ -84,3 +84,20 @@ def test_encoder_weights_that_are_not_finite_are_refused_naming_file_and_tensor(
     save_tensors(tensors, bad, "test")
     with pytest.raises(EncoderError, match=f"encoder.safetensors: tensor {name} holds NaN"):
         Encoder(config, weights_file=bad, runtime="keras").encode([random_image(0)])
+
+
+def test_caffe_preprocessing_is_keras_resnet50_preprocess_input():
+    """RGB -> BGR and the ImageNet mean, as keras.applications.resnet50.preprocess_input does,
+    in both places that preprocess: the encoder (inference) and the training pipeline."""
+    import keras
+    import tensorflow as tf
+
+    from imcap_hub.encoder import preprocess
+    from training.train import _preprocess_tf
+
+    config = EncoderConfig(image_size=4)
+    pixels = np.arange(4 * 4 * 3, dtype=np.uint8).reshape(4, 4, 3) * 5  # fixed, all distinct
+    want = keras.applications.resnet50.preprocess_input(pixels[None].astype("float32").copy())
+    np.testing.assert_allclose(preprocess([pixels], config), want, atol=1e-4)
+    got = _preprocess_tf(tf.constant(pixels[None]), "caffe").numpy()
+    np.testing.assert_allclose(got, want, atol=1e-4)
