@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
     from .inference import Caption
 from .files import atomic_write, atomic_write_json, save_tensors
 from .vocab import Vocabulary
+
+logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 VOCAB_FILE = "vocab.json"
@@ -68,6 +71,19 @@ class ModelLoadError(ImcapError, RuntimeError):
     def __init__(self, message: str, reason: str = "invalid") -> None:
         super().__init__(message)
         self.reason = reason
+
+
+def _read_optional(path: str | None, name: str, json_file: bool) -> Any:
+    """An optional file of the format (the card, metrics.json): its text or JSON, or None with
+    a warning when it cannot be read (the model still loads)."""
+    if path is None:
+        return None
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        return json.loads(text) if json_file else text
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        logger.warning("ignoring %s, which cannot be read: %s", name, e)
+        return None
 
 
 def _commit_from_path(path: str) -> str | None:
@@ -335,7 +351,7 @@ class ImageCaptioner(
             vocab,
             weights,
             encoder,
-            card=Path(card_path).read_text(encoding="utf-8") if card_path else None,
-            metrics=json.loads(Path(metrics_path).read_text()) if metrics_path else None,
+            card=_read_optional(card_path, CARD_FILE, json_file=False),
+            metrics=_read_optional(metrics_path, METRICS_FILE, json_file=True),
             source=source,
         )

@@ -300,3 +300,26 @@ def test_a_config_json_that_cannot_be_read_is_a_load_error(
     with pytest.raises(ModelLoadError, match=message) as info:
         ImageCaptioner.from_pretrained(folder)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("metrics.json", b"{broken"),
+        ("metrics.json", b"\xff\xfe not utf-8"),
+        ("README.md", b"\xff\xfe not utf-8"),
+    ],
+)
+def test_an_optional_file_that_cannot_be_read_is_ignored_with_a_warning(
+    tiny_model_dir, tmp_path, caplog, name, content
+):
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / name).write_bytes(content)
+    with caplog.at_level("WARNING", logger="imcap_hub.model"):
+        model = ImageCaptioner.from_pretrained(folder, runtime="keras")
+    assert f"ignoring {name}, which cannot be read" in caplog.text
+    assert (model.metrics if name == "metrics.json" else model.card) is None
+    assert model.caption(IMAGES[0])  # the model itself loads and captions
