@@ -400,6 +400,8 @@ def test_caption_details_with_attention_gives_each_word_its_map(
     assert all("attention" not in c for c in answer["captions"])  # once, for the best caption
     plain = client.predict(handle_file(image), "greedy", api_name="/caption_details")
     assert "attention" not in plain and plain["caption"] == want.text
+    beam = ImageCaptioner.from_pretrained(attention_model_dir).caption(image)[0].text
+    assert client.predict(handle_file(image), api_name="/caption") == beam  # batched endpoint
 
 
 def test_attention_from_a_pooled_model_is_refused_naming_it(client, image_files):
