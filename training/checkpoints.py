@@ -30,6 +30,7 @@ import numpy as np
 
 from imcap_hub.errors import ImcapError
 from imcap_hub.files import atomic_write_json, load_tensors, save_tensors
+from imcap_hub.typed_json import from_json_object
 
 STATE_FILE = "state.json"
 STATE_FORMAT = 1
@@ -141,20 +142,9 @@ class RunState:
         if missing:
             raise CheckpointError(f"{where} has no {', '.join(missing)}; start afresh with --fresh")
         try:
-            state = cls(**{k: data[k] for k in STATE_KEYS})
-            state.epoch, state.best_epoch, state.wait = (
-                int(state.epoch),
-                int(state.best_epoch),
-                int(state.wait),
-            )
-            state.history = {str(k): [float(x) for x in v] for k, v in state.history.items()}
-            state.epoch_seconds = [float(s) for s in state.epoch_seconds]
-            state.elapsed_seconds = float(state.elapsed_seconds)
-            state.best_value = None if state.best_value is None else float(state.best_value)
-            state.stopped_early = bool(state.stopped_early)
-        except (TypeError, ValueError, AttributeError) as e:
+            return from_json_object(cls, data, where, CheckpointError)
+        except CheckpointError as e:
             raise CheckpointError(f"{where} is damaged ({e}); start afresh with --fresh") from None
-        return state
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1) + "\n"
