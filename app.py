@@ -26,12 +26,12 @@ from imcap_hub.serving import load_model
 
 log = logging.getLogger("imcap.app")
 
-EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
+TITLE = "imcap: image captioning"
+EXAMPLES = sorted(map(os.fspath, Path(__file__).resolve().with_name("examples").glob("*.png")))
 MAX_UPLOAD_MB = 10  # Gradio refuses bigger uploads; imcap_hub refuses bigger images too
 LIMITS = ImageLimits(max_pixels=40_000_000, max_bytes=MAX_UPLOAD_MB * 2**20)
 DECODING_CHOICES = [("beam search", "beam"), ("greedy", "greedy"), ("sampling", "sample")]
-MAX_BEAM_UI = 10
-MAX_CAPTIONS_UI = 10
+MAX_BEAM_UI = MAX_CAPTIONS_UI = 10
 THEME = gr.themes.Default(  # system fonts only: the page must work with no network at all
     font=["system-ui", "-apple-system", "Segoe UI", "Roboto", "sans-serif"],
     font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"],
@@ -85,10 +85,6 @@ def _endpoint(method, batch: bool = False):
     return endpoint
 
 
-def example_images() -> list[str]:
-    return sorted(os.fspath(p) for p in EXAMPLES_DIR.glob("*.png"))
-
-
 def _decoding_options(model_max: int, has_attention: bool) -> list[gr.components.Component]:
     """The decoding options' controls, in /caption_details' parameter order."""
     with gr.Accordion("Decoding options", open=False):
@@ -135,9 +131,12 @@ def _results() -> tuple[gr.Textbox, gr.Dataframe, gr.Markdown, gr.JSON]:
 
 
 def build_app(
-    loaded: serving.LoadedModel, *, max_batch_size: int = serving.DEFAULT_MAX_BATCH
+    loaded: serving.LoadedModel,
+    *,
+    max_batch_size: int = serving.DEFAULT_MAX_BATCH,
+    upload_ttl: int = serving.DEFAULT_UPLOAD_TTL,
 ) -> gr.Blocks:
-    """The Gradio Blocks for ``loaded``. ``max_batch_size=1`` turns request batching off."""
+    """The Gradio Blocks for ``loaded`` (``max_batch_size=1``: no request batching)."""
     _accept_batched_validator_answers()
     service = serving.CaptionService(loaded, LIMITS)
 
@@ -153,9 +152,10 @@ def build_app(
         first = views[0].image if views else None
         return gr.Radio(labels, value=0 if views else None), first, [v[::-1] for v in views]
 
-    with gr.Blocks(title="imcap: image captioning", analytics_enabled=False) as demo:
+    sweep = (max(1, upload_ttl // 2), upload_ttl)  # a long-running Space must not keep uploads
+    with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=sweep) as demo:
         gr.Markdown(
-            "# imcap: image captioning\n"
+            f"# {TITLE}\n"
             "A ResNet-style encoder reads the image and an LSTM writes the caption. "
             "Upload, paste or snap an image, then press **Caption**."
         )
@@ -170,8 +170,8 @@ def build_app(
                 run = gr.Button("Caption", variant="primary", elem_id="caption-button")
                 decoder = loaded.model.config.decoder
                 options = _decoding_options(int(decoder.max_length), decoder.kind == "attention")
-                if examples := example_images():
-                    gr.Examples(examples, inputs=[image], label="Examples (synthetic shapes)")
+                if EXAMPLES:
+                    gr.Examples(EXAMPLES, inputs=[image], label="Examples (synthetic shapes)")
             with gr.Column(scale=1):
                 best, nbest, timing, details = _results()
                 word, heat, strip = _attention_view()
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     except serving.ServingError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    demo = build_app(loaded, max_batch_size=args.max_batch_size)
+    demo = build_app(loaded, max_batch_size=args.max_batch_size, upload_ttl=args.upload_ttl)
     demo.launch(server_name=args.host, server_port=args.port, **launch_kwargs(mcp_server=mcp))
     return 0
 

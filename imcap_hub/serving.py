@@ -43,6 +43,7 @@ NO_MODEL_NOTICE = (
 )
 MAX_METRIC_ROWS = 40
 DEFAULT_MAX_BATCH = 8
+DEFAULT_UPLOAD_TTL = 600  # seconds an upload is kept: long past any queued request's wait
 
 
 class ServingError(ImcapError):
@@ -225,6 +226,13 @@ def argument_parser(description: str | None = None) -> argparse.ArgumentParser:
         type=int,
         default=int(env("IMCAP_MAX_BATCH_SIZE") or DEFAULT_MAX_BATCH),
         help="requests batched into one encoder call on /caption (1: no batching)",
+    )
+    p.add_argument(
+        "--upload-ttl",
+        type=int,
+        default=int(env("IMCAP_UPLOAD_TTL") or DEFAULT_UPLOAD_TTL),
+        metavar="SECONDS",
+        help="delete uploads older than this (env IMCAP_UPLOAD_TTL)",
     )
     p.add_argument(
         "--mcp",

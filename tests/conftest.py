@@ -199,14 +199,15 @@ def app_model_dir(tiny_model_dir, tmp_path_factory):
     return path
 
 
-def _serve(model_dir):
-    """app.py's Blocks serving ``model_dir`` on a free 127.0.0.1 port, until the generator ends."""
+def _serve(model_dir, **build):
+    """app.py's Blocks serving ``model_dir`` on a free 127.0.0.1 port, until the generator ends;
+    ``build``: more arguments for ``app.build_app``."""
     from types import SimpleNamespace
 
     import app
 
     loaded = app.load_model(str(model_dir))
-    demo = app.build_app(loaded, max_batch_size=8)
+    demo = app.build_app(loaded, **{"max_batch_size": 8, **build})
     _, url, _ = demo.launch(
         server_name="127.0.0.1",
         server_port=_free_local_port(),

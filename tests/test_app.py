@@ -146,6 +146,27 @@ def test_upload_over_max_file_size_is_refused(client, tmp_path, image_files, pyt
     )
 
 
+def test_uploads_are_deleted_once_older_than_the_upload_ttl(app_model_dir, image_files):
+    from conftest import _serve
+
+    server = _serve(app_model_dir, upload_ttl=2)
+    try:
+        running = next(server)
+        running.client().predict(handle_file(image_files["good"][0]), api_name="/caption")
+        uploads = [Path(p) for p in running.demo.upload_file_set]
+        assert uploads and all(p.is_file() for p in uploads)
+        deadline = time.monotonic() + 15  # swept every second once older than two
+        while any(p.exists() for p in uploads) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(p.exists() for p in uploads)
+    finally:
+        server.close()
+    assert app.build_app(running.loaded).delete_cache == (
+        serving.DEFAULT_UPLOAD_TTL // 2,
+        serving.DEFAULT_UPLOAD_TTL,
+    )
+
+
 def test_concurrent_caption_requests_are_batched(app_server, image_files, python_api):
     """Requests queued while the model is busy reach the model as one batch, one encoder call;
     a bad image among them is refused alone (the validator keeps it out of the batch)."""
@@ -368,7 +389,7 @@ def test_examples_are_small_synthetic_pngs():
     for name in index:
         assert (EXAMPLES / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert (EXAMPLES / name).stat().st_size < 40_000
-    assert sorted(app.example_images()) == sorted(str(EXAMPLES / n) for n in index)
+    assert sorted(str(EXAMPLES / n) for n in index) == app.EXAMPLES
 
 
 @pytest.mark.skipif(not demo_model_available(), reason="the bundled demo model has not landed")
