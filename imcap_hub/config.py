@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ImcapError
+from .errors import ImcapError, naming_file
 from .files import atomic_write
 from .typed_json import from_json_object
 
@@ -202,4 +202,12 @@ class CaptionerConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> CaptionerConfig:
-        return cls.from_json(Path(path).read_text(encoding="utf-8"))
+        """Read config.json; every error is a ConfigError whose message names the file."""
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config.json cannot be read: {e}") from None
+        try:
+            return cls.from_json(text)
+        except ConfigError as e:
+            raise naming_file(e, "config.json") from None

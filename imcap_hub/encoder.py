@@ -195,9 +195,25 @@ def keras_weights(model) -> dict[str, np.ndarray]:
     return {v.path: np.asarray(v.numpy()) for v in model.weights}
 
 
+def read_weights_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Every tensor of an ``encoder.safetensors``, checked readable and finite (an EncoderError
+    names the file and the cause, or the tensor)."""
+    from safetensors import SafetensorError
+
+    name = Path(path).name
+    try:
+        tensors = load_tensors(path)
+    except (SafetensorError, OSError) as e:
+        raise EncoderError(f"cannot read {name}: {e}") from None
+    for key, array in tensors.items():
+        if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+            raise EncoderError(f"{name}: tensor {key} holds NaN or infinite values")
+    return tensors
+
+
 def load_safetensors_into(model, path: str | os.PathLike) -> None:
     """Assign every variable of ``model`` from a safetensors file, checking names and shapes."""
-    tensors = load_tensors(path)
+    tensors = read_weights_file(path)
     expected = {v.path: v for v in model.weights}
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
@@ -213,8 +229,6 @@ def load_safetensors_into(model, path: str | os.PathLike) -> None:
                 f"{Path(path).name}: tensor {name} has shape {tensors[name].shape}, "
                 f"the config needs {tuple(var.shape)}"
             )
-        if np.issubdtype(tensors[name].dtype, np.floating) and not np.isfinite(tensors[name]).all():
-            raise EncoderError(f"{Path(path).name}: tensor {name} holds NaN or infinite values")
         var.assign(tensors[name])
 
 
@@ -386,6 +400,25 @@ class Encoder:
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
+    def _cache_folder(self, runtime: str) -> Path:
+        """Where ``runtime``'s converted encoder of these weights is (or will be) cached."""
+        return self.cache_dir / f"{runtime.removesuffix(BF16_SUFFIX)}-{self.cache_key(runtime)}"
+
+    def check_weights_file(self) -> None:
+        """Check ``encoder.safetensors`` now, when the model loads, not at the first caption:
+        readable, finite, and holding exactly the tensors the config needs. The last is checked
+        by building the Keras model (needed anyway to convert it), unless a converted encoder of
+        these very bytes is cached: it was checked when converted. Raises EncoderError."""
+        if self.config.weights != "repo" or self.weights_file is None:
+            return
+        read_weights_file(self.weights_file)
+        converted = ("openvino", "onnxruntime")
+        if not any(
+            runtime_available(r) and (self._cache_folder(r) / "meta.json").is_file()
+            for r in converted
+        ):
+            _ = self.keras_model
+
     def _prepare(self, runtime: str) -> tuple[Callable[[np.ndarray], np.ndarray], RuntimeInfo]:
         start = time.perf_counter()
         if runtime == "keras":
@@ -393,7 +426,7 @@ class Encoder:
         if not runtime_available(runtime.removesuffix(BF16_SUFFIX)):
             raise EncoderError(f"runtime {runtime!r} is not installed")
         base = runtime.removesuffix(BF16_SUFFIX)
-        folder = self.cache_dir / f"{base}-{self.cache_key(runtime)}"
+        folder = self._cache_folder(runtime)
         meta_path = folder / "meta.json"
         cached = meta_path.exists()
         if not cached:

@@ -86,6 +86,23 @@ def _read_optional(path: str | None, name: str, json_file: bool) -> Any:
         return None
 
 
+def _refuse_links_out(folder: str, path: str) -> None:
+    """Refuse a file of a model folder that is a link to somewhere outside it: a model folder
+    must not make the loader read other files. Links into the folder are fine, and so are the
+    links of a Hugging Face cache snapshot (``snapshots/<commit>/``) into its repo's ``blobs/``."""
+    root = os.path.realpath(folder)
+    allowed = [root]
+    snapshots = os.path.dirname(root)
+    if os.path.basename(snapshots) == "snapshots":
+        allowed.append(os.path.join(os.path.dirname(snapshots), "blobs"))
+    target = os.path.realpath(path)
+    if not any(os.path.commonpath([target, inside]) == inside for inside in allowed):
+        raise ModelLoadError(
+            f"{path} is a link to {target}, outside the model folder; refused (copy the file "
+            "into the folder instead)"
+        )
+
+
 def _commit_from_path(path: str) -> str | None:
     match = re.search(r"snapshots[\\/]([0-9a-f]{40})[\\/]", path)
     return match.group(1) if match else None
@@ -260,10 +277,13 @@ class ImageCaptioner(
         ``imcap_hub.encoder``). ``encoder_weights``: a local ResNet50 ``.h5`` instead of Keras'
         ImageNet download.
         """
+        # Not the mixin's from_pretrained: it reads config.json as __init__ keyword arguments,
+        # before any check (a list, or a key named like an argument, gave a traceback), while
+        # _from_pretrained reads and checks config.json itself, as imcap's format.
         name = str(pretrained_model_name_or_path)
         try:
-            return super().from_pretrained(
-                pretrained_model_name_or_path,
+            return cls._from_pretrained(
+                model_id=name,
                 revision=revision,
                 cache_dir=cache_dir,
                 token=token,
@@ -276,12 +296,6 @@ class ImageCaptioner(
             raise ModelLoadError(
                 f"{name!r} is neither a model folder nor a valid Hub repo id"
             ) from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            # huggingface_hub's mixin reads config.json itself, before imcap's checks run.
-            raise ModelLoadError(f"{name}: config.json cannot be read: {e}") from None
-        except (LocalEntryNotFoundError, OfflineModeIsEnabled, HfHubHTTPError) as e:
-            # Raised by the mixin's own config.json download, before _from_pretrained runs.
-            raise _load_error(e, name, revision) from None
 
     @classmethod
     def _from_pretrained(
@@ -302,6 +316,7 @@ class ImageCaptioner(
             if is_dir:
                 path = os.path.join(model_id, filename)
                 if os.path.exists(path):
+                    _refuse_links_out(model_id, path)
                     return path
                 if required:
                     raise ModelLoadError(
@@ -318,15 +333,16 @@ class ImageCaptioner(
                     local_files_only=local_files_only,
                     token=token,
                 )
+            except (LocalEntryNotFoundError, OfflineModeIsEnabled) as e:
+                # Before EntryNotFoundError, which LocalEntryNotFoundError subclasses.
+                if required:
+                    raise _load_error(e, model_id, revision) from None
+                return None
             except EntryNotFoundError:
                 if required:
                     raise ModelLoadError(
                         f"{model_id} has no {filename}; is it an imcap model?"
                     ) from None
-                return None
-            except (LocalEntryNotFoundError, OfflineModeIsEnabled) as e:
-                if required:
-                    raise _load_error(e, model_id, revision) from None
                 return None
             except HfHubHTTPError as e:
                 raise _load_error(e, model_id, revision) from None
@@ -338,6 +354,7 @@ class ImageCaptioner(
         if model_config.encoder.weights == "repo":
             encoder_weights = fetch(ENCODER_FILE)
         encoder = Encoder(model_config.encoder, weights_file=encoder_weights, runtime=runtime)
+        encoder.check_weights_file()  # now, naming the file, rather than at the first caption
         card_path = fetch(CARD_FILE, required=False)
         metrics_path = fetch(METRICS_FILE, required=False)
         source = {

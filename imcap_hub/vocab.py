@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ImcapError
+from .errors import ImcapError, naming_file
 from .files import atomic_write_json
 
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
@@ -149,7 +149,14 @@ class Vocabulary:
     @classmethod
     def load(cls, path: str | Path) -> Vocabulary:
         try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise VocabularyError(f"vocab.json cannot be read: {e}") from None
+        try:
+            data = json.loads(text)
         except json.JSONDecodeError as e:
             raise VocabularyError(f"vocab.json is not valid JSON: {e}") from None
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except VocabularyError as e:
+            raise naming_file(e, "vocab.json") from None

@@ -1,12 +1,8 @@
-import json
-import shutil
-
 import numpy as np
 import pytest
 from helpers import random_image, tiny_config
 
 from imcap_hub import DecodeOptions, ImageCaptioner, ModelLoadError, predict, predict_many
-from imcap_hub.config import ConfigError
 from imcap_hub.encoder import Encoder, EncoderError, preprocess, runtime_available
 from imcap_hub.inference import OptionsError
 
@@ -142,71 +138,6 @@ def test_max_length_limits_caption_length(tiny_captioner):
         assert len(caption.tokens) <= 2
 
 
-def _broken_copy(src, tmp_path, edit):
-    dst = tmp_path / "model"
-    shutil.copytree(src, dst)
-    edit(dst)
-    return dst
-
-
-def _edit_json(name, change):
-    def edit(folder):
-        data = json.loads((folder / name).read_text())
-        change(data)
-        (folder / name).write_text(json.dumps(data))
-
-    return edit
-
-
-@pytest.mark.parametrize(
-    ("edit", "error", "message"),
-    [
-        (lambda d: (d / "config.json").unlink(), ModelLoadError, "has no config.json"),
-        (lambda d: (d / "model.safetensors").unlink(), ModelLoadError, "has no model.safetensors"),
-        (
-            _edit_json("config.json", lambda c: c.update(format_version=2)),
-            ConfigError,
-            "format_version 2",
-        ),
-        (
-            _edit_json("config.json", lambda c: c["encoder"].update(architecture="vit")),
-            ConfigError,
-            "architecture 'vit'",
-        ),
-        (
-            _edit_json("config.json", lambda c: c["decoder"].update(units=64)),
-            Exception,
-            "init_h/kernel has shape",
-        ),
-        (
-            _edit_json("vocab.json", lambda v: v["tokens"].append("zebra")),
-            ModelLoadError,
-            "vocab.json has 18 tokens",
-        ),
-        (
-            _edit_json("config.json", lambda c: c["encoder"].update(widths=[8, 32])),
-            Exception,
-            "has shape",
-        ),
-    ],
-    ids=[
-        "no-config",
-        "no-weights",
-        "version",
-        "architecture",
-        "units",
-        "vocab-size",
-        "encoder-widths",
-    ],
-)
-def test_broken_model_folders_fail_with_clear_errors(
-    tiny_model_dir, tmp_path, edit, error, message
-):
-    folder = _broken_copy(tiny_model_dir, tmp_path, edit)
-    with pytest.raises(error, match=message):
-        ImageCaptioner.from_pretrained(folder, runtime="keras").caption(IMAGES[0])
-
-
 def test_not_a_folder_nor_a_repo_id():
     with pytest.raises(ModelLoadError, match="neither a model folder nor a valid Hub repo id"):
         ImageCaptioner.from_pretrained("./no/such/../folder")
@@ -280,46 +211,3 @@ def test_predict_decodings_encodes_once_and_matches_predict_many(tiny_captioner,
     assert len(calls) == 1
     for got_one, want in zip(got, expected, strict=True):
         assert [p.captions for p in got_one] == [p.captions for p in want]
-
-
-@pytest.mark.parametrize(
-    ("content", "message"),
-    [
-        (b"{not json", "config.json cannot be read: Expecting property name"),
-        (b"\xff\xfe\x00garbage", "config.json cannot be read: 'utf-8' codec"),
-    ],
-)
-def test_a_config_json_that_cannot_be_read_is_a_load_error(
-    tiny_model_dir, tmp_path, content, message
-):
-    import shutil
-
-    folder = tmp_path / "model"
-    shutil.copytree(tiny_model_dir, folder)
-    (folder / "config.json").write_bytes(content)
-    with pytest.raises(ModelLoadError, match=message) as info:
-        ImageCaptioner.from_pretrained(folder)
-    assert "\n" not in str(info.value)
-
-
-@pytest.mark.parametrize(
-    ("name", "content"),
-    [
-        ("metrics.json", b"{broken"),
-        ("metrics.json", b"\xff\xfe not utf-8"),
-        ("README.md", b"\xff\xfe not utf-8"),
-    ],
-)
-def test_an_optional_file_that_cannot_be_read_is_ignored_with_a_warning(
-    tiny_model_dir, tmp_path, caplog, name, content
-):
-    import shutil
-
-    folder = tmp_path / "model"
-    shutil.copytree(tiny_model_dir, folder)
-    (folder / name).write_bytes(content)
-    with caplog.at_level("WARNING", logger="imcap_hub.model"):
-        model = ImageCaptioner.from_pretrained(folder, runtime="keras")
-    assert f"ignoring {name}, which cannot be read" in caplog.text
-    assert (model.metrics if name == "metrics.json" else model.card) is None
-    assert model.caption(IMAGES[0])  # the model itself loads and captions

@@ -98,3 +98,18 @@ def test_missing_repo_or_revision(hub_server, pushed, tmp_path, revision, messag
     repo = "tester/does-not-exist" if revision is None else pushed
     with pytest.raises(ModelLoadError, match=message):
         ImageCaptioner.from_pretrained(repo, revision=revision, cache_dir=tmp_path)
+
+
+def test_a_snapshot_folder_of_the_hub_cache_loads_as_a_local_folder(
+    pushed, tiny_captioner, tmp_path
+):
+    """Its files are links into ../../blobs: outside the folder, but inside the cached repo."""
+    from pathlib import Path
+
+    from huggingface_hub import snapshot_download
+
+    folder = Path(snapshot_download(pushed, cache_dir=tmp_path))
+    assert (folder / "model.safetensors").is_symlink()
+    model = ImageCaptioner.from_pretrained(folder, runtime="keras")
+    assert model.source["kind"] == "local"
+    assert _captions(model) == _captions(tiny_captioner)
