@@ -221,10 +221,11 @@ def mcp_available() -> bool:
 
 
 def launch_kwargs(**overrides: Any) -> dict[str, Any]:
-    """How to launch: upload limit, theme, CSS, no SSR/Node, MCP server where installed."""
-    # show_error off: gr.Error messages still show; anything else stays generic.
+    """How to launch: upload limit, theme, CSS, no SSR/Node, MCP server where installed, and
+    the sweep of emptied upload folders. show_error off: gr.Error messages still show."""
     return dict(max_file_size=f"{MAX_UPLOAD_MB}mb", theme=THEME, css=CSS, ssr_mode=False, show_error=False,
-                footer_links=["api", "gradio"], mcp_server=mcp_available()) | overrides  # fmt: skip
+                footer_links=["api", "gradio"], mcp_server=mcp_available(),
+                app_kwargs={"lifespan": serving.sweep_empty_upload_folders}) | overrides  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,9 @@ sensible to serve: the app exits with one line) and :class:`RequestError` (a req
 from __future__ import annotations
 
 import argparse
+import asyncio
 import collections
+import contextlib
 import html
 import logging
 import os
@@ -188,7 +190,12 @@ def load_model(
     loaded = LoadedModel(captioner, requested, revision, is_demo, notice)
     loaded.load_seconds = time.perf_counter() - start
     if warmup:
-        loaded.warmup_seconds = warm_up(captioner)
+        try:
+            loaded.warmup_seconds = warm_up(captioner)
+        except ImcapError as e:
+            raise ServingError(
+                f"model {requested or 'imcap-demo'!r} fails its warm-up: {e}"
+            ) from None
     info = model_info(loaded)
     log.info(
         "serving %s (revision %s, runtime %s): loaded in %.1f s, warmed up in %.1f s",
@@ -241,6 +248,41 @@ def argument_parser(description: str | None = None) -> argparse.ArgumentParser:
         help="serve Gradio's MCP server (default: on when the mcp package is installed)",
     )
     return p
+
+
+def remove_empty_folders(root: str | os.PathLike, older_than: float) -> int:
+    """Remove the empty folders directly in ``root`` left alone for ``older_than`` seconds;
+    returns how many went. Gradio's upload cleanup deletes each upload but not its folder."""
+    removed = 0
+    cutoff = time.time() - older_than
+    with contextlib.suppress(FileNotFoundError), os.scandir(root) as entries:
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+                    os.rmdir(entry.path)  # refuses a folder that is not empty
+                    removed += 1
+            except OSError:
+                continue
+    return removed
+
+
+@contextlib.asynccontextmanager
+async def sweep_empty_upload_folders(app: Any):
+    """A server lifespan (``launch(app_kwargs={"lifespan": ...})``): on the Blocks'
+    ``delete_cache`` schedule, remove the upload folders its sweep emptied."""
+    frequency, age = app.get_blocks().delete_cache or (None, None)
+
+    async def sweep() -> None:
+        while True:
+            await asyncio.sleep(frequency)
+            await asyncio.to_thread(remove_empty_folders, app.uploaded_file_dir, age)
+
+    task = asyncio.create_task(sweep()) if frequency else None
+    try:
+        yield
+    finally:
+        if task:
+            task.cancel()
 
 
 # --- what /model_info and the model panel say ----------------------------------------------------

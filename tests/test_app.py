@@ -159,6 +159,9 @@ def test_uploads_are_deleted_once_older_than_the_upload_ttl(app_model_dir, image
         while any(p.exists() for p in uploads) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not any(p.exists() for p in uploads)
+        while any(p.parent.exists() for p in uploads) and time.monotonic() < deadline:
+            time.sleep(0.2)  # and their folders, emptied by Gradio's sweep, once untouched for 2 s
+        assert not any(p.parent.exists() for p in uploads)
     finally:
         server.close()
     assert app.build_app(running.loaded).delete_cache == (
@@ -289,26 +292,6 @@ def test_a_model_that_cannot_be_served_exits_2_with_one_line(capsys):
         "error: cannot load model '/nonexistent/model': '/nonexistent/model' is neither a model "
         "folder nor a valid Hub repo id\n"
     )
-
-
-@pytest.mark.parametrize(
-    ("config", "message"),
-    [
-        (b"{not json", "config.json cannot be read: Expecting property name"),
-        (b"\xff\xfe garbage", "config.json cannot be read: 'utf-8' codec"),
-    ],
-)
-def test_a_model_folder_with_an_unreadable_config_exits_2(
-    app_model_dir, tmp_path, capsys, config, message
-):
-    import shutil
-
-    folder = tmp_path / "model"
-    shutil.copytree(app_model_dir, folder)
-    (folder / "config.json").write_bytes(config)
-    assert app.main(["--model", str(folder), "--no-mcp"]) == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
 
 
 def test_app_py_is_the_page_and_its_wiring_only():

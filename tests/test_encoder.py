@@ -101,3 +101,44 @@ def test_caffe_preprocessing_is_keras_resnet50_preprocess_input():
     np.testing.assert_allclose(preprocess([pixels], config), want, atol=1e-4)
     got = _preprocess_tf(tf.constant(pixels[None]), "caffe").numpy()
     np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def caffe_encoder():
+    """A tiny spatial encoder with ResNet50's caffe preprocessing, seeded random weights."""
+    config = dataclasses.replace(
+        tiny_config().encoder,
+        weights="random",
+        preprocessing="caffe",
+        features="spatial",
+        widths=[8, 16, 12],
+    )
+    return config, build_keras_encoder(config, seed=5)
+
+
+@pytest.mark.parametrize("runtime", ["keras", "openvino", "onnxruntime"])
+def test_caffe_encoder_features_match_keras_on_resnet50_preprocess_input(
+    caffe_encoder, runtime, tmp_path
+):
+    """Through every runtime, encode() with caffe preprocessing gives the Keras model's output on
+    keras.applications.resnet50.preprocess_input (RGB -> BGR, ImageNet mean): a missing flip or
+    a mean in RGB order shows, since each channel of the image has its own level."""
+    import keras
+
+    if not runtime_available(runtime):
+        pytest.skip(f"{runtime} not installed")
+    config, model = caffe_encoder
+    pixels = random_image(7, (config.image_size, config.image_size))  # no resize needed
+    pixels = (pixels // 4 + np.array([0, 96, 192], dtype=np.uint8)).astype(np.uint8)  # R<G<B
+    want = model(
+        keras.applications.resnet50.preprocess_input(pixels[None].astype(np.float32)),
+        training=False,
+    ).numpy()
+    encoder = Encoder(config, keras_model=model, runtime=runtime, cache_dir=tmp_path)
+    got = encoder.encode([pixels])
+    assert encoder.runtime is not None and encoder.runtime.name == runtime
+    assert got.shape == (1, *config.feature_shape) == want.shape
+    scale = max(1.0, float(np.abs(want).max()))
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * scale)
+    if runtime != "keras":  # the converted model went to tmp_path, not ~/.cache
+        assert any(tmp_path.glob(f"{runtime}-*/meta.json"))

@@ -117,6 +117,40 @@ def test_asking_for_more_images_grows_the_cache_and_keeps_done_rows(shapes, weig
     np.testing.assert_allclose(more.array[more.rows], _fresh(images[:10], weights[0]), atol=1e-5)
 
 
+@pytest.mark.parametrize("features", ["pooled", "spatial"])
+def test_reopening_with_a_reordered_grown_key_list_keeps_every_row_with_its_image(
+    shapes, weights, tmp_path, features
+):
+    """[a, b, c], then [c, d]: c keeps its row, d gets a new one, and every row read back is
+    the feature the encoder gives that image (not just whatever the cache holds)."""
+    images, _ = shapes
+    a, b, c, d = images[0], images[5], images[31], images[36]  # two image sizes
+    config = replace(ENCODER, features=features)
+    enc = Encoder(config, weights_file=weights[0], runtime="keras")
+    first = extract_features([a, b, c], enc, tmp_path, progress=False)
+    grown = extract_features([c, d], enc, tmp_path, progress=False)
+    assert grown.folder == first.folder
+    assert (grown.report.n_cached, grown.report.n_computed) == (1, 1)
+    index = json.loads((grown.folder / "index.json").read_text())
+    assert index["keys"] == [a, b, c, d]
+    assert first.rows.tolist() == [0, 1, 2] and grown.rows.tolist() == [2, 3]
+    assert grown.ok.all() and grown.array.shape == (4, *config.feature_shape)
+
+    fresh = np.concatenate(
+        [
+            Encoder(config, weights_file=weights[0], runtime="keras").encode([load_image(p)])
+            for p in (a, b, c, d)
+        ]
+    )
+    assert not np.allclose(fresh[2], fresh[3])  # a swapped c/d row would show
+    np.testing.assert_allclose(grown.array[grown.rows], fresh[2:], rtol=1e-4, atol=1e-5)
+    again = extract_features([d, b, a, c], enc, tmp_path, progress=False)
+    assert (again.report.n_cached, again.report.n_computed) == (4, 0)
+    assert again.rows.tolist() == [3, 1, 0, 2] and again.ok.all()
+    np.testing.assert_allclose(again.array[again.rows], fresh[[3, 1, 0, 2]], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(again.array, fresh, rtol=1e-4, atol=1e-5)  # row i is keys[i]
+
+
 def test_image_cache_holds_images_resized_as_at_inference(shapes, tmp_path):
     images, bad = shapes
     got = cache_images([*images[25:35], bad], 32, tmp_path, batch_size=4, progress=False)

@@ -5,8 +5,10 @@ the warm-up, /model_info, the model panel, the model card, and the service behin
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -134,6 +136,19 @@ def test_a_broken_demo_model_is_a_serving_error(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(serving.ServingError, match="cannot load the bundled demo model"):
         serving.load_model(None, demo_dir=tmp_path, warmup=False)
+
+
+def test_a_model_that_fails_its_warm_up_is_a_serving_error(tiny_model_dir, monkeypatch):
+    """E.g. a ResNet50 whose ImageNet weights cannot be downloaded: one line, not a traceback."""
+    from imcap_hub.encoder import Encoder, EncoderError
+
+    def no_weights(self):
+        raise EncoderError("could not load ResNet50 ImageNet weights (no network)")
+
+    monkeypatch.setattr(Encoder, "prepare", no_weights)
+    with pytest.raises(serving.ServingError, match="fails its warm-up: could not load") as info:
+        serving.load_model(str(tiny_model_dir))
+    assert "\n" not in str(info.value) and str(tiny_model_dir) in str(info.value)
 
 
 def test_hub_model_shows_its_commit_hash(tiny_captioner, hub_server, tiny_model_dir):
@@ -516,3 +531,16 @@ def test_command_line_defaults_come_from_the_environment(monkeypatch):
         ["--model", "dir", "--revision", "main", "--max-batch-size", "1", "--mcp"]
     )
     assert (args.model, args.revision, args.max_batch_size, args.mcp) == ("dir", "main", 1, True)
+
+
+def test_remove_empty_folders_keeps_recent_and_full_ones(tmp_path):
+    old = time.time() - 100
+    for name in ("empty-old", "empty-new", "full-old"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "full-old" / "upload.png").write_bytes(b"x")
+    (tmp_path / "a-file").write_bytes(b"x")
+    for name in ("empty-old", "full-old"):
+        os.utime(tmp_path / name, (old, old))
+    assert serving.remove_empty_folders(tmp_path, older_than=10) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "empty-new", "full-old"]
+    assert serving.remove_empty_folders(tmp_path / "gone", older_than=10) == 0
