@@ -89,14 +89,18 @@ def main(argv: list[str] | None = None) -> int:
             runtime=args.runtime,
         )
         results = predict_many(model, args.images, options)
-        if args.heatmaps:
-            _write_heatmaps(Path(args.heatmaps), args.images, results)
     except ImcapError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except OSError as e:
-        print(f"error: cannot write the heatmaps: {e}", file=sys.stderr)
+    except OSError as e:  # a model file that cannot be read
+        print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.heatmaps:
+        try:
+            _write_heatmaps(Path(args.heatmaps), args.images, results)
+        except OSError as e:  # only here: an OSError elsewhere is not about the heatmaps
+            print(f"error: cannot write the heatmaps: {e}", file=sys.stderr)
+            return 2
     failed = 0
     for path, result in zip(args.images, results):
         if result.error:

@@ -32,25 +32,57 @@ class ImageLimits:
 DEFAULT_LIMITS = ImageLimits()
 
 
+def _one_line(text: object) -> str:
+    """``text`` with every run of whitespace (newlines too) as one space: messages are one line."""
+    return " ".join(str(text).split())
+
+
 def _describe(source: object) -> str:
+    """How messages name ``source``: a path quoted (control characters escaped, so that the
+    message stays one line), an array by its shape, a PIL image by its mode and size."""
     if isinstance(source, (str, os.PathLike)):
-        return f"'{os.fspath(source)}'"
+        path = os.fspath(source)
+        if isinstance(path, bytes):
+            path = os.fsdecode(path)
+        return f"'{path}'" if path.isprintable() else repr(path)
+    if isinstance(source, np.ndarray):
+        return f"the array of shape {source.shape}"
+    if isinstance(source, Image.Image):
+        return f"the {source.mode} PIL image of {source.width}x{source.height} pixels"
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return f"the {type(source).__name__} input ({memoryview(source).nbytes} bytes)"
     return f"the {type(source).__name__} input"
 
 
 def _read_bytes(source: str | os.PathLike, limits: ImageLimits) -> bytes:
+    what = _describe(source)
+    if not os.fspath(source):
+        raise ImageError("an empty path ('') names no image file")
+    if "\0" in os.fsdecode(source):
+        raise ImageError(f"{what}: no such file (the path holds a NUL character)")
     path = Path(source)
-    if not path.exists():
-        raise ImageError(f"{_describe(source)}: no such file")
-    if not path.is_file():
-        raise ImageError(f"{_describe(source)}: not a file")
-    size = path.stat().st_size
-    if size > limits.max_bytes:
-        raise ImageError(
-            f"{_describe(source)}: file is {size / 2**20:.1f} MiB, over the "
-            f"{limits.max_bytes / 2**20:.0f} MiB limit"
-        )
-    return path.read_bytes()
+    try:
+        if not path.exists():
+            raise ImageError(f"{what}: no such file")
+        if not path.is_file():  # a folder, a pipe or a device: reading it could block
+            raise ImageError(f"{what}: not a file")
+        size = path.stat().st_size
+        if size > limits.max_bytes:
+            raise ImageError(
+                f"{what}: file is {size / 2**20:.1f} MiB, over the "
+                f"{limits.max_bytes / 2**20:.0f} MiB limit"
+            )
+        return path.read_bytes()
+    except ImageError:
+        raise
+    except OSError as e:  # no permission, a name too long, an I/O error...
+        raise ImageError(f"{what}: cannot read the file ({e.strerror or _one_line(e)})") from None
+    except ValueError as e:  # a NUL character in the path
+        raise ImageError(f"{what}: not a usable path ({_one_line(e)})") from None
+
+
+class _NotFinite(ValueError):
+    """A float image holding NaN or infinite values (refused, as for arrays)."""
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -62,8 +94,12 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         img = Image.fromarray(arr, mode="L")
     elif img.mode == "F":
         arr = np.asarray(img, dtype=np.float64)
+        if not np.isfinite(arr).all():
+            raise _NotFinite("the image holds NaN or infinite values")
         top = 1.0 if arr.max() <= 1.0 else 255.0
         img = Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).round().astype(np.uint8))
+    elif img.mode == "La":  # premultiplied alpha: PIL converts it to LA only
+        img = img.convert("LA")
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     if img.mode in ("LA", "PA") or (img.mode == "L" and "transparency" in img.info):
@@ -83,15 +119,52 @@ def _decode_pil(img: Image.Image, what: str, limits: ImageLimits) -> np.ndarray:
             f"{what}: image is {width}x{height} pixels, over the "
             f"{limits.max_pixels / 1e6:.0f} megapixel limit"
         )
+    if getattr(img, "tile", None) and getattr(img, "fp", False) is None:
+        raise ImageError(
+            f"{what}: its file was closed before its pixels were read (call .load() before "
+            "closing it, or pass the path)"
+        )
     try:
         img.load()
         img = ImageOps.exif_transpose(img)
         img = _to_rgb(img)
     except Image.DecompressionBombError:
         raise ImageError(f"{what}: image is too large to decode safely") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise ImageError(f"{what}: the image data is damaged or truncated ({e})") from None
+    except _NotFinite as e:
+        raise ImageError(f"{what}: {e}") from None
+    except MemoryError:
+        raise ImageError(f"{what}: not enough memory to decode the image") from None
+    except Exception as e:  # a decoder fed damaged data may raise anything (IndexError, ...)
+        raise ImageError(f"{what}: the image data is damaged or truncated ({_reason(e)})") from None
     return np.asarray(img, dtype=np.uint8)
+
+
+def _reason(error: Exception) -> str:
+    """A decoder's exception in one line, its type named where its message says little."""
+    text = _one_line(error)
+    if isinstance(error, (OSError, SyntaxError, ValueError)) and text:
+        return text
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+# Formats whose first bytes say what they are: data that starts so but does not decode is a
+# damaged image, not "not an image".
+_SIGNATURES = {
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"\xff\xd8\xff": "JPEG",
+    b"GIF87a": "GIF",
+    b"GIF89a": "GIF",
+    b"II*\0": "TIFF",
+    b"MM\0*": "TIFF",
+    b"qoif": "QOI",
+    b"DDS ": "DDS",
+}
+
+
+def _signature(data: bytes) -> str | None:
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    return next((fmt for magic, fmt in _SIGNATURES.items() if data.startswith(magic)), None)
 
 
 def _decode_bytes(data: bytes, what: str, limits: ImageLimits) -> np.ndarray:
@@ -107,6 +180,12 @@ def _decode_bytes(data: bytes, what: str, limits: ImageLimits) -> np.ndarray:
         try:
             img = Image.open(io.BytesIO(data))
         except UnidentifiedImageError:
+            fmt = _signature(data)
+            if fmt:
+                raise ImageError(
+                    f"{what}: the image data is damaged or truncated (it starts as a {fmt} file "
+                    "but cannot be decoded)"
+                ) from None
             raise ImageError(f"{what}: not an image (unrecognised format)") from None
         except Image.DecompressionBombError as e:
             # PIL refuses before we see the size; its message carries the pixel count.
@@ -116,14 +195,15 @@ def _decode_bytes(data: bytes, what: str, limits: ImageLimits) -> np.ndarray:
                 f"{what}: image is too large ({size}, over the "
                 f"{limits.max_pixels / 1e6:.0f} megapixel limit)"
             ) from None
-        except (OSError, SyntaxError, ValueError) as e:
-            raise ImageError(f"{what}: cannot read the image ({e})") from None
+        except Exception as e:  # a decoder fed damaged data may raise anything
+            raise ImageError(f"{what}: cannot read the image ({_reason(e)})") from None
         with img:
             return _decode_pil(img, what, limits)
 
 
 def _from_array(arr: np.ndarray, what: str, limits: ImageLimits) -> np.ndarray:
     """An array as load_image's docstring says; refuse anything else, naming the reason."""
+    arr = np.asarray(arr)  # a subclass (np.matrix, a masked array) as a plain array
     if arr.ndim == 2:
         arr = arr[..., None]
     if arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4):
@@ -131,7 +211,10 @@ def _from_array(arr: np.ndarray, what: str, limits: ImageLimits) -> np.ndarray:
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ImageError(f"{what}: the array has no pixels (shape {arr.shape})")
     if arr.shape[0] * arr.shape[1] > limits.max_pixels:
-        raise ImageError(f"{what}: {arr.shape[1]}x{arr.shape[0]} pixels is over the limit")
+        raise ImageError(
+            f"{what}: {arr.shape[1]}x{arr.shape[0]} pixels is over the "
+            f"{limits.max_pixels / 1e6:.0f} megapixel limit"
+        )
     if arr.dtype == np.bool_:
         arr = arr.astype(np.uint8) * 255
     elif np.issubdtype(arr.dtype, np.floating):
@@ -139,9 +222,9 @@ def _from_array(arr: np.ndarray, what: str, limits: ImageLimits) -> np.ndarray:
             raise ImageError(f"{what}: the array holds NaN or infinite values")
         scale = 255.0 if float(arr.max()) <= 1.0 else 1.0
         arr = np.clip(arr * scale, 0, 255).round().astype(np.uint8)
-    elif arr.dtype == np.uint16:
+    elif arr.dtype.kind == "u" and arr.dtype.itemsize == 2:  # uint16, either byte order
         arr = (arr.astype(np.uint32) * 255 // 65535).astype(np.uint8)
-    elif np.issubdtype(arr.dtype, np.integer):
+    elif arr.dtype.kind in "iu":  # not timedelta64, which numpy counts as an integer
         arr = np.clip(arr, 0, 255).astype(np.uint8)
     else:
         raise ImageError(f"{what}: pixels of type {arr.dtype} are not an image (use uint8)")
@@ -160,9 +243,12 @@ def load_image(source: ImageInput, limits: ImageLimits = DEFAULT_LIMITS) -> np.n
     files); uint8 as is, uint16 scaled to 0..255, other integers clipped to 0..255, bool as
     black and white, floats as 0..1 when their maximum is at most 1 and as 0..255 otherwise.
     Refused: other shapes, no pixels (H or W is 0), NaN or infinite floats, other dtypes
-    (complex, strings, objects), more pixels than ``limits`` allows.
+    (complex, strings, objects, dates and times), more pixels than ``limits`` allows. A float
+    ("F") image holding NaN or infinite values is refused as such an array is.
 
-    Raises ImageError with a one-line reason for anything that is not a usable image.
+    Raises ImageError with a one-line reason naming the input (a path, an array by its shape,
+    a PIL image by its mode and size) for anything that is not a usable image: a decoder's own
+    exception on damaged data never escapes.
     """
     what = _describe(source)
     if isinstance(source, np.ndarray):
