@@ -472,6 +472,9 @@ class CaptionService:
             load_image(path, self.limits)
         except ImcapError as e:
             return user_message(str(e), path, name)
+        except Exception:  # a bug, not the upload's fault: logged, and still a message
+            log.exception("checking the upload %r failed", name)
+            return f"'{name}': this image could not be checked (a server error, logged)"
         return None
 
     def decode_options(self, **options: Any) -> DecodeOptions:

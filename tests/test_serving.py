@@ -544,3 +544,14 @@ def test_remove_empty_folders_keeps_recent_and_full_ones(tmp_path):
     assert serving.remove_empty_folders(tmp_path, older_than=10) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "empty-new", "full-old"]
     assert serving.remove_empty_folders(tmp_path / "gone", older_than=10) == 0
+
+
+def test_an_upload_check_that_fails_unexpectedly_is_still_a_message(service, monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise IndexError("a decoder bug")
+
+    monkeypatch.setattr(serving, "load_image", broken)
+    with caplog.at_level("ERROR", logger="imcap_hub.serving"):
+        problem = service.image_problem({"path": "/tmp/x/upload.png", "orig_name": "cat.png"})
+    assert problem == "'cat.png': this image could not be checked (a server error, logged)"
+    assert "a decoder bug" in caplog.text
