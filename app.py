@@ -1,13 +1,14 @@
 """imcap's Gradio app (the Hugging Face Space): the page and its wiring. ``imcap_hub.serving``
 picks (the demo model when none is configured or the Hub is out of reach), warms up, describes
 and serves the model. ``python app.py [--model REPO_OR_DIR] [--revision REV] [--port 7860]``.
-API: ``/caption`` (batched), ``/caption_details`` (options, n-best, attention), ``/model_info``.
+API and MCP tools: ``/caption`` (batched), ``/caption_details`` (options, n-best, attention),
+``/caption_batch`` (several images), ``/model_info``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import importlib.util
 import logging
 import os
 import sys
@@ -16,15 +17,17 @@ from typing import Any
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phoning home: read at import
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-
-import gradio as gr
-from gradio import queueing
-
-from imcap_hub import serving
-from imcap_hub.images import ImageLimits
-from imcap_hub.serving import load_model
-
 log = logging.getLogger("imcap.app")
+if __name__ == "__main__":  # importing Gradio takes seconds: say so first
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    log.info("importing Gradio and imcap_hub...")
+
+import gradio as gr  # noqa: E402
+from gradio import queueing  # noqa: E402
+
+from imcap_hub import gradio_fixes, serving, startup  # noqa: E402
+from imcap_hub.images import ImageLimits  # noqa: E402
+from imcap_hub.serving import load_model  # noqa: E402
 
 TITLE = "imcap: image captioning"
 EXAMPLES = sorted(map(os.fspath, Path(__file__).resolve().with_name("examples").glob("*.png")))
@@ -32,6 +35,10 @@ MAX_UPLOAD_MB = 10  # Gradio refuses bigger uploads; imcap_hub refuses bigger im
 LIMITS = ImageLimits(max_pixels=40_000_000, max_bytes=MAX_UPLOAD_MB * 2**20)
 DECODING_CHOICES = [("beam search", "beam"), ("greedy", "greedy"), ("sampling", "sample")]
 MAX_BEAM_UI = MAX_CAPTIONS_UI = 10
+# Gradio's label wraps the Copy button too, which then takes the label: name the text itself.
+NAME_CAPTION = (
+    "() => document.querySelector('#best-caption textarea')?.setAttribute('aria-label', 'Caption')"
+)
 THEME = gr.themes.Default(  # system fonts only: the page must work with no network at all
     font=["system-ui", "-apple-system", "Segoe UI", "Roboto", "sans-serif"],
     font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"],
@@ -40,39 +47,21 @@ CSS = """
 #best-caption textarea { font-size: 1.6rem !important; line-height: 1.35 !important; font-weight: 600; color: var(--body-text-color) !important; -webkit-text-fill-color: var(--body-text-color); opacity: 1 !important; }
 #model-notice { border-left: 4px solid #d97706; background: #fffbeb; color: #78350f; padding: 0.5rem 0.9rem; border-radius: 4px; }
 #model-notice p { margin: 0.2rem 0; }
+#model-panel table { display: block; overflow-x: auto; }
+@media (max-width: 640px) { #best-caption textarea { font-size: 1.2rem !important; } h1 { font-size: 1.5rem !important; } }
 """
-PATCHED_GRADIO = "6.31.0"  # the Gradio version _accept_batched_validator_answers was written for
 
 
-def _accept_batched_validator_answers() -> bool:
-    """Work around a Gradio 6.31 bug: a ``batch=True`` event's validator answers a tuple, which
-    ``process_validation_response`` takes for "valid", so a bad image would fail its batch.
-    On another version: skipped with a warning, not refused (the bug costs a batch, not the
-    server; patching a private function that changed could break every request)."""
-    original = queueing.process_validation_response
-    if getattr(original, "_imcap_fixed", False):
-        return True
-    if gr.__version__ != PATCHED_GRADIO:
-        log.warning(
-            f"Skipped the batched-validator patch: it was written for Gradio {PATCHED_GRADIO} and "
-            f"this is {gr.__version__}; a bad image may fail the other requests of its batch"
-        )
-        return False
-
-    @functools.wraps(original)  # the original stays reachable as __wrapped__
-    def process_validation_response(validation_response, fn=None):
-        if isinstance(validation_response, tuple):
-            validation_response = list(validation_response)
-        return original(validation_response, fn)
-
-    process_validation_response._imcap_fixed = True  # type: ignore[attr-defined]
-    queueing.process_validation_response = process_validation_response
-    return True
+def int_slider(minimum: int, maximum: int, **kwargs: Any) -> gr.Slider:
+    """A slider of whole numbers whose API and MCP schema says so, with its bounds (set on the
+    instance: a subclass of a Gradio component makes Gradio write a .pyi beside app.py)."""
+    slider = gr.Slider(minimum, maximum, step=1, **kwargs)
+    slider.api_info = lambda: {"type": "integer", "minimum": minimum, "maximum": maximum}
+    return slider
 
 
 def _endpoint(method, batch: bool = False):
-    """``method`` for Gradio: a serving.RequestError becomes a message for the user, with no
-    traceback in the log; ``batch``: answers as batch functions do. Keeps signature and docs."""
+    """``method`` for Gradio: a RequestError is a message for the user (no traceback logged)."""
 
     @functools.wraps(method)
     def endpoint(*args, **kwargs):
@@ -89,9 +78,9 @@ def _decoding_options(model_max: int, has_attention: bool) -> list[gr.components
     """The decoding options' controls, in /caption_details' parameter order."""
     with gr.Accordion("Decoding options", open=False):
         decoding = gr.Radio(DECODING_CHOICES, value="beam", label="Decoding")
-        beam = gr.Slider(1, MAX_BEAM_UI, value=3, step=1, label="Beam width (beam search)")
-        count = gr.Slider(1, MAX_CAPTIONS_UI, value=1, step=1, label="Number of captions", info="beam search: at most the beam width; greedy: 1")  # fmt: skip
-        length = gr.Slider(1, model_max, value=model_max, step=1, label="Maximum length (words)")
+        beam = int_slider(1, MAX_BEAM_UI, value=3, label="Beam width (beam search)")
+        count = int_slider(1, MAX_CAPTIONS_UI, value=1, label="Number of captions", info="beam search: at most the beam width; greedy: 1")  # fmt: skip
+        length = int_slider(1, model_max, value=model_max, label="Maximum length (words)")
         with gr.Row():
             temperature = gr.Slider(0.1, 2.0, value=1.0, step=0.05, label="Temperature (sampling)")
             top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p (sampling)")
@@ -110,12 +99,9 @@ def _attention_view() -> tuple[gr.Radio, gr.Image, gr.Gallery]:
     return word, heat, strip
 
 
-def _results() -> tuple[gr.Textbox, gr.Dataframe, gr.Markdown, gr.JSON]:
-    """The best caption, the n-best table, the time taken and the raw answer."""
-    best = gr.Textbox(
-        label="Caption", lines=2, interactive=False, buttons=["copy"], elem_id="best-caption"
-    )
-    timing = gr.Markdown(elem_id="timing")
+def _results() -> tuple[gr.Textbox, gr.Dataframe]:
+    """The best caption, under the Caption button, and the n-best table (for n > 1 captions)."""
+    best = gr.Textbox(label="Caption", lines=2, interactive=False, buttons=["copy"], elem_id="best-caption")  # fmt: skip
     nbest = gr.Dataframe(
         headers=["#", "caption", "score", "log-prob"],
         datatype=["number", "str", "number", "number"],
@@ -124,10 +110,20 @@ def _results() -> tuple[gr.Textbox, gr.Dataframe, gr.Markdown, gr.JSON]:
         elem_id="nbest",
         column_widths=["8%", "60%", "16%", "16%"],
         wrap=True,
+        visible=False,
     )
-    with gr.Accordion("Raw /caption_details answer (JSON)", open=False):
-        details = gr.JSON(label="caption_details")
-    return best, nbest, timing, details
+    return best, nbest
+
+
+def _batch_tab() -> tuple[gr.File, gr.Button, gr.Gallery, gr.Markdown, gr.File, gr.JSON]:
+    """Several images at once: the files, the button, the captions and their downloads."""
+    with gr.Tab("Several images", id="batch"):
+        files = gr.File(label="Images", file_count="multiple", file_types=["image"], elem_id="batch-files")  # fmt: skip
+        run = gr.Button("Caption all", variant="primary", elem_id="batch-button")
+        gallery = gr.Gallery(label="Captions", columns=3, elem_id="batch-gallery")
+        problems = gr.Markdown(elem_id="batch-problems")
+        downloads = gr.File(label="Download the captions (CSV, JSON Lines)", file_count="multiple", interactive=False, elem_id="batch-downloads")  # fmt: skip
+    return files, run, gallery, problems, downloads, gr.JSON(visible=False)
 
 
 def build_app(
@@ -137,12 +133,11 @@ def build_app(
     upload_ttl: int = serving.DEFAULT_UPLOAD_TTL,
 ) -> gr.Blocks:
     """The Gradio Blocks for ``loaded`` (``max_batch_size=1``: no request batching)."""
-    _accept_batched_validator_answers()
+    gradio_fixes.accept_batched_validator_answers(queueing, gr.__version__)
     service = serving.CaptionService(loaded, LIMITS)
 
     def validate_caption(image: list[Any]) -> tuple[list[dict[str, Any]]]:
-        """Refuse an unusable image before it joins a batch (one bad upload must not fail the
-        good requests batched with it)."""
+        # Refuse an unusable image before it joins a batch: it must not fail the good ones.
         problems = [service.image_problem(item) for item in image]
         return ([gr.validate(p is None, p or "") for p in problems],)
 
@@ -152,30 +147,32 @@ def build_app(
         first = views[0].image if views else None
         return gr.Radio(labels, value=0 if views else None), first, [v[::-1] for v in views]
 
+    def show_details(details: dict | None) -> tuple[str, gr.Dataframe, str]:
+        caption, rows, timing = serving.render_details(details)
+        return caption, gr.Dataframe(rows, visible=len(rows) > 1), timing
+
     sweep = (max(1, upload_ttl // 2), upload_ttl)  # a long-running Space must not keep uploads
     with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=sweep) as demo:
-        gr.Markdown(
-            f"# {TITLE}\n"
-            "A ResNet-style encoder reads the image and an LSTM writes the caption. "
-            "Upload, paste or snap an image, then press **Caption**."
-        )
-        if loaded.notice:
-            gr.Markdown(f"**Demo model.** {loaded.notice}", elem_id="model-notice")
-        with gr.Row():
+        gr.Markdown(f"# {TITLE}\nA ResNet-style encoder reads the image and an LSTM writes the caption. Upload, paste or snap an image, then press **Caption**.")  # fmt: skip
+        with gr.Tab("One image", id="one"), gr.Row():
             with gr.Column(scale=1):
-                where = ["upload", "webcam", "clipboard"]
-                image = gr.Image(
-                    label="Image", sources=where, type="filepath", elem_id="input-image", height=320
-                )
+                image = gr.Image(label="Image", sources=["upload", "webcam", "clipboard"], type="filepath", elem_id="input-image", height=320)  # fmt: skip
                 run = gr.Button("Caption", variant="primary", elem_id="caption-button")
+                best, nbest = _results()
+                if loaded.notice:  # next to the result: the visitor reads it with the caption
+                    gr.Markdown(f"**Demo model.** {loaded.notice}", elem_id="model-notice")
                 decoder = loaded.model.config.decoder
                 options = _decoding_options(int(decoder.max_length), decoder.kind == "attention")
                 if EXAMPLES:
-                    gr.Examples(EXAMPLES, inputs=[image], label="Examples (synthetic shapes)")
+                    names = [Path(p).stem.replace("_", " ") for p in EXAMPLES]
+                    gr.Examples(EXAMPLES, inputs=[image], label="Examples (synthetic shapes)", example_labels=names)  # fmt: skip
             with gr.Column(scale=1):
-                best, nbest, timing, details = _results()
                 word, heat, strip = _attention_view()
-        with gr.Accordion("Model", open=True):
+                with gr.Accordion("Time taken and the raw answer", open=False, elem_id="details"):
+                    timing = gr.Markdown(elem_id="timing")
+                    details = gr.JSON(label="/caption_details answer")
+        files, run_all, gallery, problems, downloads, answers = _batch_tab()
+        with gr.Accordion("Model", open=False, elem_id="model-accordion"):
             gr.Markdown(serving.model_panel_markdown(service.info), elem_id="model-panel")
             if loaded.card.body:
                 with gr.Accordion("Model card", open=False):
@@ -184,19 +181,19 @@ def build_app(
         # UI: clear stale results, caption through the API endpoint, then render its answer.
         private = {"queue": False, "api_visibility": "private"}
         model_queue = {"preprocess": False, "concurrency_id": "model", "concurrency_limit": 1}
-        run.click(
-            lambda: ("", [], "", None), outputs=[best, nbest, timing, details], **private
-        ).then(
-            _endpoint(service.caption_details),
-            inputs=[image, *options],
-            outputs=[details],
-            api_name="caption_details",
-            show_progress_on=[best],
-            **model_queue,
-        ).success(
-            serving.render_details, inputs=[details], outputs=[best, nbest, timing], **private
-        ).success(show_attention, inputs=[details, image], outputs=[word, heat, strip], **private)
+        run.click(lambda: (*show_details(None), None), outputs=[best, nbest, timing, details], **private).then(
+            _endpoint(service.caption_details), inputs=[image, *options], outputs=[details],
+            api_name="caption_details", show_progress_on=[best], **model_queue,
+        ).success(show_details, inputs=[details], outputs=[best, nbest, timing], **private).success(
+            show_attention, inputs=[details, image], outputs=[word, heat, strip], **private
+        )  # fmt: skip
         word.select(lambda views, i: views[i][0], inputs=[strip, word], outputs=[heat], **private)
+        run_all.click(lambda: ([], "", None), outputs=[gallery, problems, downloads], **private).then(
+            _endpoint(service.caption_batch), inputs=[files], outputs=[answers],
+            api_name="caption_batch", show_progress_on=[gallery], **model_queue,
+        ).success(
+            service.batch_view, inputs=[files, answers], outputs=[gallery, problems, downloads], **private
+        )  # fmt: skip
 
         # API: /caption batches concurrent requests into one encoder call.
         gr.Button(visible=False).click(
@@ -215,32 +212,33 @@ def build_app(
     return demo
 
 
-def mcp_available() -> bool:
-    """Gradio's MCP server needs the ``mcp`` package (``pip install "gradio[mcp]"``)."""
-    return importlib.util.find_spec("mcp") is not None
+@contextlib.asynccontextmanager
+async def _lifespan(server_app):
+    """While the server runs: MCP answers in JSON, and the emptied upload folders swept."""
+    gradio_fixes.fix_mcp_server(server_app.get_blocks())
+    async with serving.sweep_empty_upload_folders(server_app):
+        yield
 
 
 def launch_kwargs(**overrides: Any) -> dict[str, Any]:
-    """How to launch: upload limit, theme, CSS, no SSR/Node, MCP server where installed, and
-    the sweep of emptied upload folders. show_error off: gr.Error messages still show."""
-    return dict(max_file_size=f"{MAX_UPLOAD_MB}mb", theme=THEME, css=CSS, ssr_mode=False, show_error=False,
-                footer_links=["api", "gradio"], mcp_server=mcp_available(),
-                app_kwargs={"lifespan": serving.sweep_empty_upload_folders}) | overrides  # fmt: skip
+    """How to launch (show_error off: gr.Error messages still show, nothing else does)."""
+    return dict(max_file_size=f"{MAX_UPLOAD_MB}mb", theme=THEME, css=CSS, js=NAME_CAPTION, ssr_mode=False, show_error=False,
+                footer_links=["api", "gradio"], mcp_server=serving.mcp_available(),
+                app_kwargs={"lifespan": _lifespan}) | overrides  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    startup.quiet_tensorflow()  # no TensorFlow/absl start-up noise; real errors still show
     args = serving.argument_parser("imcap's Gradio app (the Hugging Face Space).").parse_args(argv)
-    mcp = mcp_available() if args.mcp is None else args.mcp
-    if mcp and not mcp_available():
-        print('error: --mcp needs the mcp package: pip install "gradio[mcp]"', file=sys.stderr)
-        return 2
     try:
+        mcp = serving.mcp_wanted(args.mcp)
         loaded = load_model(args.model, args.revision, runtime=args.runtime)
     except serving.ServingError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    log.info("building the page and starting the server...")
     demo = build_app(loaded, max_batch_size=args.max_batch_size, upload_ttl=args.upload_ttl)
     demo.launch(server_name=args.host, server_port=args.port, **launch_kwargs(mcp_server=mcp))
     return 0

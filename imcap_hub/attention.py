@@ -28,6 +28,7 @@ import numpy as np
 
 from .config import CaptionerConfig, ConfigError
 from .decoder import check_weights, log_softmax, lstm_update, sigmoid
+from .startup import import_keras
 from .vocab import Vocabulary
 
 # (a @ [K_z | L_z] (N, L, 4U + E), W_a a + b (N, L, A), h (N, U), c (N, U),
@@ -115,8 +116,8 @@ def expected_attention_shapes(config: CaptionerConfig) -> dict[str, tuple[int, .
 @functools.cache
 def _attention_lstm_class():
     """The recurrent Keras layer, defined on first use: importing this module needs no Keras."""
-    import keras
-    from keras import ops
+    keras = import_keras()
+    ops = keras.ops
 
     class AttentionCell:
         """One step, for ``keras.layers.RNN``; a plain object that owns no weights.
@@ -289,8 +290,8 @@ def build_attention_training_model(
     ``<end>`` input (the steps whose alpha search records). ``attention_model(model)`` gives
     the alphas.
     """
-    import keras
-    from keras import layers, ops
+    keras = import_keras()
+    layers, ops = keras.layers, keras.ops
 
     c, e, u, a, v = _dims(config)
     features = keras.Input((None, None, c), name="features")
@@ -316,7 +317,7 @@ def build_attention_training_model(
 
 def attention_model(model):
     """A Keras model sharing ``model``'s layers: (features, ids) -> [logits, alpha (B, T, L)]."""
-    import keras
+    keras = import_keras()
 
     alpha = model.get_layer("att_lstm").output[1]
     return keras.Model(model.inputs, [model.outputs[0], alpha], name="imcap_attention_maps")

@@ -23,6 +23,7 @@ import numpy as np
 from .config import CaptionerConfig
 from .errors import ImcapError
 from .files import load_tensors, save_tensors
+from .startup import import_keras
 
 # (h, c, h @ recurrent_kernel): the last is carried so each step needs one matmul.
 State = tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -148,8 +149,8 @@ def build_training_model(config: CaptionerConfig, seed: int | None = None, alpha
 
 def _build_pooled_training_model(config: CaptionerConfig, seed: int | None):
     """(features (B, F), input ids (B, T)) -> logits (B, T, V)."""
-    import keras
-    from keras import layers
+    keras = import_keras()
+    layers = keras.layers
 
     d = config.decoder
     features = keras.Input((config.encoder.feature_dim,), name="features")

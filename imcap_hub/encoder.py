@@ -30,6 +30,7 @@ from .config import EncoderConfig
 from .errors import ImcapError
 from .files import atomic_write_json, load_tensors
 from .images import resize
+from .startup import import_keras, import_tensorflow, step
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +84,8 @@ def runtime_available(runtime: str) -> bool:
 
 def _tiny_resnet(config: EncoderConfig, seed: int | None = None):
     """A small ResNet-style network (stem, residual stages, global pooling)."""
-    import keras
-    from keras import layers
+    keras = import_keras()
+    layers = keras.layers
 
     seeds = iter(range(10**6))
 
@@ -158,36 +159,46 @@ def build_keras_encoder(
     ``weights_file``: for ResNet50, a local Keras weights file (``.h5``) used instead of the
     ImageNet download; for ``weights="repo"``, the ``encoder.safetensors`` to load.
     """
-    import keras
-
     config.validate()
-    if config.architecture == "resnet50":
-        if config.weights == "imagenet":
-            weights = os.fspath(weights_file) if weights_file else "imagenet"
+    keras = import_keras()
+    detail = f"{config.architecture}, {_weights_detail(config, weights_file)}"
+    with step(logger, "building the Keras encoder", detail):
+        if config.architecture == "resnet50":
+            if config.weights == "imagenet":
+                weights = os.fspath(weights_file) if weights_file else "imagenet"
+            else:
+                weights = None
+            try:
+                model = keras.applications.ResNet50(
+                    include_top=False,
+                    weights=weights,
+                    input_shape=(config.image_size, config.image_size, 3),
+                    pooling="avg" if config.features == "pooled" else None,
+                )
+            except Exception as e:  # Keras raises bare Exceptions for download failures
+                raise EncoderError(
+                    f"could not load ResNet50 ImageNet weights ({e}). They are downloaded by Keras "
+                    "on first use; without network access pass a local weights file "
+                    "(resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5) as encoder_weights=."
+                ) from None
         else:
-            weights = None
-        try:
-            model = keras.applications.ResNet50(
-                include_top=False,
-                weights=weights,
-                input_shape=(config.image_size, config.image_size, 3),
-                pooling="avg" if config.features == "pooled" else None,
-            )
-        except Exception as e:  # Keras raises bare Exceptions for download failures
-            raise EncoderError(
-                f"could not load ResNet50 ImageNet weights ({e}). They are downloaded by Keras on "
-                "first use; without network access pass a local weights file "
-                "(resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5) as encoder_weights=."
-            ) from None
-    else:
-        model = _tiny_resnet(config, seed)
-    if config.weights == "repo":
-        if weights_file is None:
-            raise EncoderError(
-                "encoder weights source is 'repo' but no encoder.safetensors was given"
-            )
-        load_safetensors_into(model, weights_file)
+            model = _tiny_resnet(config, seed)
+        if config.weights == "repo":
+            if weights_file is None:
+                raise EncoderError(
+                    "encoder weights source is 'repo' but no encoder.safetensors was given"
+                )
+            load_safetensors_into(model, weights_file)
     return model
+
+
+def _weights_detail(config: EncoderConfig, weights_file: str | os.PathLike | None) -> str:
+    """Where the encoder's weights come from, for the log line before building it."""
+    if config.weights == "imagenet" and weights_file is None:
+        return "ImageNet weights; Keras downloads them on first use, about 90 MB"
+    if weights_file is not None:
+        return f"weights from {Path(weights_file).name}"
+    return f"{config.weights} weights"
 
 
 def keras_weights(model) -> dict[str, np.ndarray]:
@@ -253,6 +264,9 @@ def probe_batch(config: EncoderConfig, n: int = 2) -> np.ndarray:
 
 # --- runtimes ---------------------------------------------------------------------------------
 
+# The runtimes' names in log lines.
+_RUNTIME_LABELS = {"openvino": "OpenVINO", "onnxruntime": "ONNX Runtime"}
+
 
 @dataclass
 class RuntimeInfo:
@@ -269,7 +283,7 @@ class RuntimeInfo:
 
 
 def _keras_callable(model) -> Callable[[np.ndarray], np.ndarray]:
-    import tensorflow as tf
+    tf = import_tensorflow()
 
     size = model.input_shape[1]
     fn = tf.function(
@@ -429,11 +443,15 @@ class Encoder:
         folder = self._cache_folder(runtime)
         meta_path = folder / "meta.json"
         cached = meta_path.exists()
+        label = _RUNTIME_LABELS[base]
         if not cached:
+            keras_model = self.keras_model  # built (and announced) before the conversion
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=self.cache_dir))
             try:
-                model_file = _convert(base, self.keras_model, tmp)
+                where = f"once; cached in {folder}"
+                with step(logger, f"converting the encoder to {label}", where):
+                    model_file = _convert(base, keras_model, tmp)
                 meta = {"file": model_file.name, "config": self.config.cache_key(), "runtime": base}
                 atomic_write_json(tmp / "meta.json", meta, indent=1)
                 try:
@@ -445,17 +463,22 @@ class Encoder:
                 raise
         meta = json.loads(meta_path.read_text())
         path = folder / meta["file"]
-        run = (
-            _onnx_callable(path)
-            if base == "onnxruntime"
-            else _openvino_callable(path, runtime.endswith(BF16_SUFFIX))
-        )
+        with step(
+            logger, f"loading the {label} encoder", f"cached in {folder}" if cached else None
+        ):
+            run = (
+                _onnx_callable(path)
+                if base == "onnxruntime"
+                else _openvino_callable(path, runtime.endswith(BF16_SUFFIX))
+            )
         info = RuntimeInfo(runtime, cached=cached, build_seconds=time.perf_counter() - start)
         if not cached or runtime.endswith(BF16_SUFFIX):
             # Check against Keras whenever we had Keras in hand anyway (fresh conversions).
-            probe = probe_batch(self.config)
-            reference = _keras_callable(self.keras_model)(probe)
-            diff = float(np.max(np.abs(run(probe) - reference)))
+            keras_model = self.keras_model
+            with step(logger, f"checking the {label} encoder against Keras on a probe batch"):
+                probe = probe_batch(self.config)
+                reference = _keras_callable(keras_model)(probe)
+                diff = float(np.max(np.abs(run(probe) - reference)))
             info.max_abs_diff = diff
             scale = max(1.0, float(np.max(np.abs(reference))))
             exact = diff <= EXACT_RTOL * scale

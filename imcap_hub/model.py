@@ -29,6 +29,7 @@ from .decoder import load_weights, make_step_decoder, random_weights, save_weigh
 from .encoder import Encoder, build_keras_encoder, keras_weights
 from .errors import ImcapError
 from .images import ImageInput
+from .startup import step
 
 if TYPE_CHECKING:
     from .inference import Caption
@@ -43,6 +44,7 @@ DECODER_FILE = "model.safetensors"
 ENCODER_FILE = "encoder.safetensors"
 CARD_FILE = "README.md"
 METRICS_FILE = "metrics.json"
+REPO_PLACEHOLDER = "USER/MODEL"  # a card rendered before its repo is known names this
 
 DEFAULT_CARD = """---
 {{ card_data }}
@@ -53,9 +55,16 @@ DEFAULT_CARD = """---
 An image-captioning model made with [imcap]({{ repo_url }}): a {{ architecture }} encoder and an
 LSTM decoder. It has not been evaluated; see `metrics.json` if present.
 
+Install the imcap library (the `imcap_hub` package), then caption an image:
+
+```bash
+pip install "imcap @ git+{{ repo_url }}"
+```
+
 ```python
 from imcap_hub import ImageCaptioner
-model = ImageCaptioner.from_pretrained("{{ repo_id | default('REPO_ID', true) }}")
+
+model = ImageCaptioner.from_pretrained("{{ repo_id | default('USER/MODEL', true) }}")
 print(model.caption("image.jpg")[0].text)
 ```
 """
@@ -101,6 +110,14 @@ def _refuse_links_out(folder: str, path: str) -> None:
             f"{path} is a link to {target}, outside the model folder; refused (copy the file "
             "into the folder instead)"
         )
+
+
+def _where(name: str, revision: str | None) -> str:
+    """Where a model loads from, for the log line before loading it."""
+    if os.path.isdir(name):
+        return f"folder {name}"
+    at = f", revision {revision}" if revision else ""
+    return f"{name}{at}, from the Hub or its local cache"
 
 
 def _commit_from_path(path: str) -> str | None:
@@ -252,6 +269,20 @@ class ImageCaptioner(
         if self.card is not None:
             atomic_write(save_directory / CARD_FILE, self.card)
 
+    def push_to_hub(
+        self, repo_id: str, *, model_card_kwargs: dict[str, Any] | None = None, **kwargs: Any
+    ) -> str:
+        """The mixin's push (same arguments), with a card that names ``repo_id``: huggingface_hub
+        2.4 passes no repo id to the card, and a card rendered for a folder names USER/MODEL."""
+        kept = self.card
+        if kept is not None:
+            self.card = kept.replace(REPO_PLACEHOLDER, repo_id)
+        try:
+            card_kwargs = {"repo_id": repo_id, **(model_card_kwargs or {})}
+            return super().push_to_hub(repo_id, model_card_kwargs=card_kwargs, **kwargs)
+        finally:
+            self.card = kept
+
     def generate_model_card(self, *args, **kwargs):
         kwargs.setdefault("architecture", self.config.encoder.architecture)
         return super().generate_model_card(*args, **kwargs)
@@ -282,16 +313,17 @@ class ImageCaptioner(
         # _from_pretrained reads and checks config.json itself, as imcap's format.
         name = str(pretrained_model_name_or_path)
         try:
-            return cls._from_pretrained(
-                model_id=name,
-                revision=revision,
-                cache_dir=cache_dir,
-                token=token,
-                local_files_only=local_files_only,
-                force_download=force_download,
-                runtime=runtime,
-                encoder_weights=encoder_weights,
-            )
+            with step(logger, "loading the model", _where(name, revision)):
+                return cls._from_pretrained(
+                    model_id=name,
+                    revision=revision,
+                    cache_dir=cache_dir,
+                    token=token,
+                    local_files_only=local_files_only,
+                    force_download=force_download,
+                    runtime=runtime,
+                    encoder_weights=encoder_weights,
+                )
         except HFValidationError:
             raise ModelLoadError(
                 f"{name!r} is neither a model folder nor a valid Hub repo id"

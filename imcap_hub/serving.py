@@ -15,8 +15,11 @@ import asyncio
 import collections
 import contextlib
 import html
+import importlib.util
 import logging
 import os
+import secrets
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -29,12 +32,14 @@ import yaml
 from huggingface_hub import ModelCard
 
 from . import __version__
+from .caption_files import format_rows
 from .demo import DEMO_MODEL_DIR
 from .errors import ImcapError
 from .heatmaps import for_display, overlay
 from .images import DEFAULT_LIMITS, ImageLimits, load_image
 from .inference import DecodeOptions, OptionsError, Prediction, predict, predict_many
 from .model import ImageCaptioner, ModelLoadError
+from .startup import step
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +50,7 @@ NO_MODEL_NOTICE = (
 )
 MAX_METRIC_ROWS = 40
 DEFAULT_MAX_BATCH = 8
+MAX_BATCH_FILES = 64  # images in one /caption_batch request
 DEFAULT_UPLOAD_TTL = 600  # seconds an upload is kept: long past any queued request's wait
 
 
@@ -138,7 +144,8 @@ def _load_demo(demo_dir: str | os.PathLike, runtime: str) -> ImageCaptioner:
 def warm_up(model: ImageCaptioner) -> float:
     """Caption a flat grey image once (builds the encoder runtime); returns the seconds taken."""
     start = time.perf_counter()
-    predict(model, np.full((32, 32, 3), 128, dtype=np.uint8), DecodeOptions())
+    with step(log, "warming up", "one caption of a grey image; prepares the encoder runtime"):
+        predict(model, np.full((32, 32, 3), 128, dtype=np.uint8), DecodeOptions())
     return time.perf_counter() - start
 
 
@@ -208,6 +215,19 @@ def load_model(
     if notice:
         log.warning(notice)
     return loaded
+
+
+def mcp_available() -> bool:
+    """Gradio's MCP server needs the ``mcp`` package (``pip install "gradio[mcp]"``)."""
+    return importlib.util.find_spec("mcp") is not None
+
+
+def mcp_wanted(flag: bool | None) -> bool:
+    """Whether to serve MCP for ``--mcp``/``--no-mcp`` (None: where the package is installed);
+    ServingError when it is asked for and not installed."""
+    if flag and not mcp_available():
+        raise ServingError('--mcp needs the mcp package: pip install "gradio[mcp]"')
+    return mcp_available() if flag is None else flag
 
 
 def argument_parser(description: str | None = None) -> argparse.ArgumentParser:
@@ -335,8 +355,9 @@ def four_significant_digits(value: Any) -> str:
 
 
 def metrics_markdown(metrics: Any) -> list[str]:
-    """metrics.json as a table: one row per decoding (training/evaluate.py's layout), or the
-    flattened numbers of any other layout."""
+    """metrics.json as a table: one row per metric and a column per decoding (training/
+    evaluate.py's layout: a few columns, readable on a phone), or the flattened numbers of any
+    other layout."""
     if not metrics:
         return ["No metrics.json: this model has not been evaluated."]
     decodings = metrics.get("decodings") if isinstance(metrics, dict) else None
@@ -352,12 +373,12 @@ def metrics_markdown(metrics: Any) -> list[str]:
         out = [
             f"**Evaluation** ({where}; from `metrics.json`):",
             "",
-            "| decoding | " + " | ".join(names) + " |",
-            "|---|" + "---|" * len(names),
+            "| metric | " + " | ".join(html.escape(str(d)) for d in decodings) + " |",
+            "|---|" + "---|" * len(decodings),
         ]
-        for spec, scores in decodings.items():
-            cells = " | ".join(four_significant_digits(scores.get(n, "")) for n in names)
-            out.append(f"| {html.escape(str(spec))} | {cells} |")
+        for name in names:
+            cells = " | ".join(four_significant_digits(s.get(name, "")) for s in decodings.values())
+            out.append(f"| {html.escape(str(name))} | {cells} |")
         return out
     rows = [(k, v) for k, v in flatten_metrics(metrics) if isinstance(v, (int, float, str)) and k][
         :MAX_METRIC_ROWS
@@ -450,7 +471,7 @@ class CaptionService:
         """Caption an image: returns the best caption (beam search, width 3).
 
         Args:
-            image: the image to caption (JPEG, PNG, WebP, ...).
+            image: the image (JPEG, PNG, WebP...), an http(s) URL or a data URL (data:image/png;base64,...).
         """
         # Batched: the images of up to max_batch_size queued requests, one encoder call. A bad
         # one refuses the whole batch: image_problem (the app's validator) keeps them out.
@@ -491,30 +512,29 @@ class CaptionService:
         self,
         image: Any,
         decoding: str = "beam",
-        beam_size: float = 3,
-        num_captions: float = 1,
-        max_length: float | None = None,
+        beam_size: int = 3,
+        num_captions: int = 1,
+        max_length: int | None = None,
         temperature: float = 1.0,
         top_p: float = 1.0,
-        seed: float = 0,
+        seed: int = 0,
         attention: bool = False,
     ) -> dict[str, Any]:
         """Caption an image with decoding options; returns the n-best captions with scores,
         the timings in milliseconds and the model id and revision; with ``attention``, also
-        where the model looked for each word of the best caption.
+        where the model looked for each word of the best caption and for the end token:
+        "attention" lists {"word", "grid"}, a grid of weights summing to 1.
 
         Args:
-            image: the image to caption.
+            image: the image to caption, as an http(s) URL or a data URL (data:image/png;base64,...).
             decoding: "beam", "greedy" or "sample".
-            beam_size: beam width (beam search).
-            num_captions: how many captions to return, best first.
-            max_length: the longest caption in words (default: the model's).
-            temperature: sampling temperature.
-            top_p: nucleus sampling threshold.
-            seed: random seed for sampling.
-            attention: also return, for each word of the best caption and for <end>, its
-                attention map over the image grid, {"word": ..., "grid": [[...]]}, summing to 1
-                (attention models only).
+            beam_size: beam width (beam search), an integer.
+            num_captions: how many captions to return, best first (at most the beam width).
+            max_length: the longest caption in words (default: the model's), an integer.
+            temperature: sampling temperature, above 0.
+            top_p: nucleus sampling threshold, in (0, 1].
+            seed: random seed for sampling, a non-negative integer.
+            attention: also return each word's attention map over the image grid (attention models).
         """
         path, name = image_path(image)
         options = self.decode_options(
@@ -557,6 +577,68 @@ class CaptionService:
             AttentionView(f"{i}. {entry['word']}", overlay(pixels, np.asarray(entry["grid"])))
             for i, entry in enumerate(details["attention"], 1)
         ]
+
+    def caption_batch(self, images: list[Any]) -> list[dict[str, str]]:
+        """Caption several images (beam search, width 3); returns one entry per image, in order:
+        {"file": its name, "caption": the caption}, or {"file": its name, "error": why} for one
+        that cannot be captioned. A bad file never fails the others.
+
+        Args:
+            images: at most 64 images, each an http(s) URL or a data URL (data:image/png;base64,...).
+        """
+        if not images:
+            raise NoImageError("No images: upload one or more first.")
+        if len(images) > MAX_BATCH_FILES:
+            raise RequestError(
+                f"{len(images)} images in one request; the limit is {MAX_BATCH_FILES}"
+            )
+        entries: list[dict[str, str]] = []
+        named: list[tuple[int, str, str]] = []
+        for item in images:
+            try:
+                path, name = image_path(item)
+            except NoImageError:
+                entries.append({"file": "", "error": "not a file"})
+                continue
+            entries.append({"file": name})
+            named.append((len(entries) - 1, path, name))
+        results = self.predict_many([path for _, path, _ in named], DecodeOptions())
+        for (i, path, name), result in zip(named, results):
+            if result.error:
+                entries[i]["error"] = user_message(result.error, path, name)
+            else:
+                entries[i]["caption"] = result.text
+        return entries
+
+    def batch_downloads(self, entries: list[dict[str, str]]) -> list[str]:
+        """A /caption_batch answer as two files to download, CSV and JSON Lines. The app's
+        server copies them into its cache; the copies here go a minute later, at a next call."""
+        folder = self._downloads
+        for old in folder.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                if old.stat().st_mtime < time.time() - 60:
+                    old.unlink()
+        stem = f"captions-{secrets.token_hex(3)}"
+        paths = []
+        for fmt in ("csv", "jsonl"):
+            path = folder / f"{stem}.{fmt}"
+            path.write_text(format_rows(entries, fmt, header=True), encoding="utf-8")
+            paths.append(os.fspath(path))
+        return paths
+
+    def batch_view(self, files: list[str] | None, entries: list[dict[str, str]] | None) -> tuple:
+        """The page's view of a /caption_batch answer for the uploaded ``files``: the gallery's
+        (image, caption) pairs, a line per file not captioned, and the two downloads."""
+        if not files or not entries:
+            return [], "", None
+        pairs = [(f, e["caption"]) for f, e in zip(files, entries) if e.get("caption")]
+        failed = [f"- {e['error']}" for e in entries if e.get("error")]  # names its file
+        note = "\n".join([f"**Not captioned ({len(failed)}):**", *failed]) if failed else ""
+        return pairs, note, self.batch_downloads(entries)
+
+    @cached_property
+    def _downloads(self) -> Path:
+        return Path(tempfile.mkdtemp(prefix="imcap-downloads-"))
 
     def model_info(self) -> dict[str, Any]:
         """What model this app serves: repo id, revision (commit hash), runtime, training data,

@@ -3,7 +3,9 @@ from the model config, the metrics and the run's :class:`training.record.TrainRe
 
 from .render import (
     DEFAULT_LICENSE,
+    INSTALL_COMMAND,
     NOT_RECORDED,
+    REPO_PLACEHOLDER,
     TEMPLATE_PATH,
     CardError,
     card_data,
@@ -13,7 +15,9 @@ from .render import (
 
 __all__ = [
     "DEFAULT_LICENSE",
+    "INSTALL_COMMAND",
     "NOT_RECORDED",
+    "REPO_PLACEHOLDER",
     "TEMPLATE_PATH",
     "CardError",
     "card_data",

@@ -24,6 +24,7 @@ import jinja2
 from huggingface_hub import EvalResult, ModelCardData
 
 from imcap_hub import CaptionerConfig, DecodeOptions, ImcapError
+from imcap_hub.model import REPO_PLACEHOLDER
 from training.evaluate import METRIC_NAMES, best_decoding
 from training.record import TrainRecord
 
@@ -35,7 +36,9 @@ PIPELINE_TAG = "image-to-text"
 TASK_NAME = "Image Captioning"
 DECIMALS = 4  # in the results table and the model-index
 PROJECT_URL = "https://github.com/imcap/imcap"
-REPO_PLACEHOLDER = "USER/MODEL"
+INSTALL_COMMAND = f'pip install "imcap @ git+{PROJECT_URL}"'  # the library, as the card says
+# The usage snippet's stand-in for the repo id in a card rendered without one (a local folder):
+# publish renders every pushed card with its repo id, so no pushed card keeps it.
 SPACE_PLACEHOLDER = "USER/SPACE"
 MAX_EXAMPLES = 5
 STAGE_ORDER = ("prepare", "train", "evaluate", "push")  # the training CLI's stages
@@ -381,7 +384,8 @@ def render_card(
 
     ``metrics``: what ``training.evaluate.evaluate`` returns, or None for a model that was not
     evaluated; ``record``: the run's training record. The title is the repo's name, else
-    ``model_name``, else the run's name.
+    ``model_name``, else the run's name. The usage snippet names ``repo_id``; without one (a
+    local folder) it names :data:`REPO_PLACEHOLDER`.
     """
     ds = _dataset(record)
     results = _results(metrics)
@@ -395,6 +399,7 @@ def render_card(
         decoder=model_config.decoder,
         vocab_size=model_config.vocab_size,
         project_url=PROJECT_URL,
+        install=INSTALL_COMMAND,
         repo_ref=repo_id or REPO_PLACEHOLDER,
         space_url=space_url,
         space_ref=space_url or SPACE_PLACEHOLDER,

@@ -236,7 +236,7 @@ FILES = [
     _file("bomb_gif", "a GIF claiming a 40000x40000 screen", "bomb.gif", gif_bomb, TOO_LARGE),
     _file("over_byte_limit", "26 MiB (over the 25 MiB limit, and the app's 10)", "huge.png", lambda: b"\x89PNG\r\n\x1a\n" + bytes(26 << 20), OVER_BYTES),
     _file("newline_in_name", "a text file whose name has a newline", "two\nlines.png", lambda: b"not an image", NOT_AN_IMAGE, names=r"two(\\n|%0A|)lines\.png"),
-    _file("directory", "a folder", "a-folder.png", None, r": not a file", via=NO_UPLOAD, make=make_dir),
+    _file("directory", "an empty folder", "a-folder.png", None, r": (not a file|a folder with no image files in it)", via=NO_UPLOAD, make=make_dir),
     _file("nonexistent", "a path to nothing", "missing.jpg", None, r": no such file", via=NO_UPLOAD),
     _file("broken_symlink", "a symbolic link to nothing", "link.png", None, r": no such file", via=NO_UPLOAD, make=make_symlink_to_nothing),
     _file("fifo", "a named pipe (reading it would block)", "pipe.png", None, r": not a file", via=NO_UPLOAD, make=make_fifo),

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from unittest.mock import ANY
 
 import gradio as gr
 import numpy as np
@@ -23,7 +24,8 @@ from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 
 import app
-from imcap_hub import ImageCaptioner, serving
+import imcap_hub
+from imcap_hub import ImageCaptioner, gradio_fixes, serving
 from imcap_hub.demo import DEMO_MODEL_DIR, demo_model_available
 
 EXAMPLES = Path(app.__file__).parent / "examples"
@@ -170,6 +172,25 @@ def test_uploads_are_deleted_once_older_than_the_upload_ttl(app_model_dir, image
     )
 
 
+def test_caption_batch_answers_each_file_and_a_bad_one_fails_only_itself(
+    client, python_api, image_files
+):
+    good, bad = image_files["good"], image_files["bad"]["text_named_jpg"]
+    answer = client.predict(
+        [handle_file(good[0]), handle_file(bad), handle_file(good[1])], api_name="/caption_batch"
+    )
+    assert answer == [
+        {"file": "good.jpg", "caption": python_api.caption(good[0])[0].text},
+        {"file": "x.jpg", "error": "'x.jpg': not an image (unrecognised format)"},
+        {"file": "good.png", "caption": python_api.caption(good[1])[0].text},
+    ]
+    with pytest.raises(AppError, match="No images"):
+        client.predict([], api_name="/caption_batch")
+    too_many = [handle_file(good[1])] * (serving.MAX_BATCH_FILES + 1)
+    with pytest.raises(AppError, match=f"the limit is {serving.MAX_BATCH_FILES}"):
+        client.predict(too_many, api_name="/caption_batch")
+
+
 def test_concurrent_caption_requests_are_batched(app_server, image_files, python_api):
     """Requests queued while the model is busy reach the model as one batch, one encoder call;
     a bad image among them is refused alone (the validator keeps it out of the batch)."""
@@ -237,30 +258,60 @@ def test_page_has_the_controls_and_model_panel(app_server):
     assert config["max_file_size"] == app.MAX_UPLOAD_MB * 2**20 == app.LIMITS.max_bytes
 
 
-@pytest.mark.skipif(not app.mcp_available(), reason="the mcp package is not installed")
-def test_mcp_server_lists_and_calls_the_tools(app_server, image_files, python_api):
+@pytest.mark.skipif(not serving.mcp_available(), reason="the mcp package is not installed")
+def test_mcp_server_answers_json_with_typed_parameters_as_imcap(
+    app_server, image_files, python_api
+):
     import asyncio
 
     from mcp import ClientSession
-    from mcp.client.streamable_http import streamablehttp_client
+    from mcp.client.streamable_http import streamable_http_client
 
     good = image_files["good"][1]
     data_url = "data:image/png;base64," + base64.b64encode(good.read_bytes()).decode()
 
     async def session():
         async with (
-            streamablehttp_client(f"{app_server.url}/gradio_api/mcp/") as (read, write, _),
+            streamable_http_client(f"{app_server.url}/gradio_api/mcp/") as (read, write, _),
             ClientSession(read, write) as s,
         ):
-            await s.initialize()
-            tools = {t.name for t in (await s.list_tools()).tools}
-            answer = await s.call_tool("caption", {"image": data_url})
-            return tools, answer
+            init = await s.initialize()
+            tools = {t.name: t for t in (await s.list_tools()).tools}
+            calls = {
+                name: await s.call_tool(name, arguments)
+                for name, arguments in [
+                    ("caption", {"image": data_url}),
+                    ("caption_details", {"image": data_url, "beam_size": 2, "num_captions": 2}),
+                    ("caption_batch", {"images": [data_url, data_url]}),
+                    ("model_info", {}),
+                ]
+            }
+            return init.serverInfo, tools, calls
 
-    tools, answer = asyncio.run(session())
-    assert {"caption", "caption_details", "model_info"} <= tools
-    assert not answer.isError
-    assert answer.content[0].text == python_api.caption(good)[0].text
+    server, tools, calls = asyncio.run(session())
+    assert (server.name, server.version) == ("imcap", imcap_hub.__version__)
+    assert {"caption", "caption_details", "caption_batch", "model_info"} <= set(tools)
+    assert not any(answer.isError for answer in calls.values())
+    expected = python_api.caption(good)[0].text
+    assert calls["caption"].content[0].text == expected
+    details = json.loads(calls["caption_details"].content[0].text)  # JSON text, not a repr
+    assert [c["text"] for c in details["captions"]] == [
+        c.text for c in python_api.caption(good, beam_size=2, num_captions=2)
+    ]
+    assert (
+        json.loads(calls["caption_batch"].content[0].text)
+        == [{"file": ANY, "caption": expected}] * 2
+    )
+    assert json.loads(calls["model_info"].content[0].text)["model_id"] == str(
+        app_server.loaded.model.source["model_id"]
+    )
+    properties = tools["caption_details"].inputSchema["properties"]
+    assert properties["beam_size"] == {
+        "type": "integer", "minimum": 1, "maximum": app.MAX_BEAM_UI, "description": ANY, "default": 3
+    }  # fmt: skip
+    assert properties["num_captions"]["type"] == properties["max_length"]["type"] == "integer"
+    assert properties["seed"]["type"] == "integer"
+    assert "data:" in properties["image"]["description"]  # data URLs are advertised
 
 
 # --- model sources, the command line, the source ------------------------------------------------
@@ -319,7 +370,7 @@ def test_batched_validator_patch_refuses_what_gradio_would_take_for_valid(app_se
     """The /caption validator (batch=True) answers ``([verdict],)``; Gradio unbatches that to
     ``(verdict,)`` for the one request being queued, and Gradio 6.31's
     process_validation_response only reads lists: a tuple of refusals passes as valid."""
-    assert app._accept_batched_validator_answers()
+    assert gradio_fixes.accept_batched_validator_answers(queueing, gr.__version__)
     patched, original = queueing.process_validation_response, _unpatched()
     assert patched is not original
     refused = (gr.validate(False, "msg"),)
@@ -352,14 +403,13 @@ def test_batched_validator_patch_refuses_what_gradio_would_take_for_valid(app_se
 def test_batched_validator_patch_is_skipped_on_another_gradio(monkeypatch, caplog):
     original = _unpatched()
     monkeypatch.setattr(queueing, "process_validation_response", original)
-    monkeypatch.setattr(gr, "__version__", "6.32.0")
-    with caplog.at_level(logging.WARNING, logger="imcap.app"):
-        assert app._accept_batched_validator_answers() is False
+    with caplog.at_level(logging.WARNING, logger="imcap_hub.gradio_fixes"):
+        assert gradio_fixes.accept_batched_validator_answers(queueing, "6.32.0") is False
     assert queueing.process_validation_response is original
-    (record,) = [r for r in caplog.records if r.name == "imcap.app"]
+    (record,) = [r for r in caplog.records if r.name == "imcap_hub.gradio_fixes"]
     assert record.levelno == logging.WARNING
     assert "Skipped the batched-validator patch" in record.getMessage()
-    assert app.PATCHED_GRADIO == "6.31.0" and "6.31.0" in record.getMessage()
+    assert gradio_fixes.PATCHED_GRADIO == "6.31.0" and "6.31.0" in record.getMessage()
     assert "6.32.0" in record.getMessage()
 
 

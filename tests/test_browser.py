@@ -4,6 +4,9 @@ closed: every request the page makes must go to the app itself."""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import os
 import shutil
 import tempfile
@@ -95,15 +98,18 @@ def _upload(page, path: Path) -> None:
 
 def test_upload_click_and_read_the_caption(page, app_server, image_files, app_model_dir):
     expected = ImageCaptioner.from_pretrained(app_model_dir).caption(image_files["good"][0])
+    page.set_viewport_size({"width": 1280, "height": 900})
     page.goto(app_server.url, wait_until="networkidle")
     assert "imcap" in page.title()
+    page.locator("#model-accordion .label-wrap").first.click()  # collapsed at first
     assert page.locator("#model-panel").inner_text().count("Revision") == 1
 
     _upload(page, image_files["good"][0])
     page.locator("#caption-button").click()
     caption = _caption_on_page(page)
     assert caption == expected[0].text
-    assert expected[0].text in page.locator("#nbest").inner_text()
+    assert not page.locator("#nbest").is_visible()  # one caption asked for: no n-best table
+    page.locator("#details .label-wrap").first.click()
     assert "ms" in page.locator("#timing").inner_text()
 
     ARTIFACTS.mkdir(exist_ok=True)
@@ -184,3 +190,74 @@ def test_pick_a_word_and_see_where_the_model_looked(
     shot = ARTIFACTS / "browser_attention.png"
     page.screenshot(path=str(shot), full_page=True)
     print(f"\nscreenshot: {shot}")
+
+
+@pytest.mark.parametrize(("name", "width", "height"), [("phone", 390, 844), ("desktop", 1280, 900)])
+def test_the_caption_is_in_view_right_after_tapping_caption(
+    page, app_server, image_files, name, width, height
+):
+    """Phone first: the caption (and the progress shown on it) sits right under the button."""
+    page.set_viewport_size({"width": width, "height": height})
+    page.goto(app_server.url, wait_until="networkidle")
+    _upload(page, image_files["good"][1])
+    page.locator("#caption-button").click()
+    assert _caption_on_page(page)
+    box = page.locator("#best-caption textarea").bounding_box()
+    assert page.evaluate("window.scrollY") == 0  # nothing scrolled: in view as the page was
+    assert box["y"] >= 0 and box["y"] + box["height"] <= height, box
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"browser_{name}.png"))
+
+
+def test_a_keyboard_reaches_caption_and_every_control_has_a_name(page, app_server, image_files):
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.goto(app_server.url, wait_until="networkidle")
+    _upload(page, image_files["good"][1])
+    page.evaluate("() => document.activeElement && document.activeElement.blur()")
+    for _ in range(40):
+        page.keyboard.press("Tab")
+        if page.evaluate("() => document.activeElement.id") == "caption-button":
+            break
+    else:
+        pytest.fail("Tab never reached the Caption button")
+    page.keyboard.press("Enter")
+    assert _caption_on_page(page)
+    examples = page.locator("button.gallery-item")
+    assert examples.count() >= 3
+    assert all(text.strip() for text in examples.all_inner_texts())  # named, not bare images
+    assert page.get_by_label("Caption").count() >= 1
+
+
+def test_several_images_make_a_gallery_and_two_downloads(
+    page, app_server, image_files, app_model_dir
+):
+    model = ImageCaptioner.from_pretrained(app_model_dir)
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.goto(app_server.url, wait_until="networkidle")
+    page.get_by_role("tab", name="Several images").click()
+    good, bad = image_files["good"], image_files["bad"]["text_named_jpg"]
+    page.locator("#batch-files input[type=file]").set_input_files(
+        [str(good[0]), str(bad), str(good[1])]
+    )
+    page.locator("#batch-button").click()
+    page.locator("#batch-downloads a").nth(1).wait_for()
+    captions = page.locator(
+        "#batch-gallery .caption-label, #batch-gallery figcaption"
+    ).all_inner_texts()
+    assert sorted(c.strip() for c in captions) == sorted(model.caption(g)[0].text for g in good)
+    assert "x.jpg" in page.locator("#batch-problems").inner_text()
+    links = page.locator("#batch-downloads a")
+    hrefs = [links.nth(i).get_attribute("href") for i in range(links.count())]
+    assert [h.rsplit(".", 1)[-1] for h in hrefs] == ["csv", "jsonl"]
+    csv_text, jsonl_text = (page.request.get(h).text() for h in hrefs)
+    rows = [
+        {"file": "good.jpg", "caption": model.caption(good[0])[0].text},
+        {"file": "x.jpg", "error": "'x.jpg': not an image (unrecognised format)"},
+        {"file": "good.png", "caption": model.caption(good[1])[0].text},
+    ]
+    assert [json.loads(line) for line in jsonl_text.splitlines()] == rows
+    assert list(csv.DictReader(io.StringIO(csv_text))) == [
+        {"file": r["file"], "caption": r.get("caption", ""), "error": r.get("error", "")}
+        for r in rows
+    ]
+    page.screenshot(path=str(ARTIFACTS / "browser_batch_phone.png"), full_page=True)

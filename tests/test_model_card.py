@@ -10,7 +10,13 @@ from huggingface_hub import EvalResult, ModelCard
 from test_record import sample_record, synthetic_record
 
 from imcap_hub import CaptionerConfig, EncoderConfig
-from model_card import NOT_RECORDED, CardError, render_card
+from model_card import (
+    INSTALL_COMMAND,
+    NOT_RECORDED,
+    REPO_PLACEHOLDER,
+    CardError,
+    render_card,
+)
 from training.record import DatasetInfo, EpochRecord, SplitUse
 from training.run_config import TrainingSection
 
@@ -259,6 +265,21 @@ def test_synthetic_demo_model_card():
     assert "encoder.safetensors" in text and "synthetic-data" in card.data.tags
     assert card.data.datasets == ["synthetic-shapes"]
     assert "| source | drawn by `training/synthetic.py`" in text
+
+
+def _usage(text: str) -> str:
+    return text.split("## How to use it")[1].split("## Training data")[0]
+
+
+def test_usage_installs_the_library_and_names_the_repo():
+    usage = _usage(render_card(RESNET, METRICS, RECORD, repo_id=REPO))
+    assert INSTALL_COMMAND == 'pip install "imcap @ git+https://github.com/imcap/imcap"'
+    assert f"```bash\n{INSTALL_COMMAND}\n```" in usage
+    assert usage.index(INSTALL_COMMAND) < usage.index("from imcap_hub import ImageCaptioner")
+    assert usage.count(REPO) == 4  # from_pretrained, IMCAP_MODEL=, and the two CLI lines
+    assert REPO_PLACEHOLDER not in usage and "REPO_ID" not in usage
+    local = _usage(render_card(RESNET, METRICS, RECORD))  # a folder not pushed: the placeholder
+    assert local == usage.replace(REPO, REPO_PLACEHOLDER) and INSTALL_COMMAND in local
 
 
 def test_metrics_without_results_are_refused():

@@ -10,7 +10,7 @@ from huggingface_hub import HfApi, hf_hub_download
 from test_record import synthetic_record
 
 from imcap_hub import ImageCaptioner, ImcapError
-from model_card import render_card
+from model_card import INSTALL_COMMAND, REPO_PLACEHOLDER, render_card
 from training.evaluate import best_decoding
 from training.publish import PublishError, PublishResult, _default_commit_message, publish
 
@@ -81,6 +81,64 @@ def test_push_then_from_pretrained_gives_the_same_model(hub_server, model, eval_
     api = HfApi(token=hub_server.token)
     assert set(MODEL_FILES) <= set(api.list_repo_files(repo_id))
     assert api.list_repo_commits(repo_id)[0].title == "first model"
+
+
+PLACEHOLDERS = (REPO_PLACEHOLDER, "REPO_ID")  # render_card's and the mixin card's
+
+
+def _pushed_card(repo_id: str, cache_dir: Path) -> str:
+    """The README.md on the Hub, as a visitor downloads it."""
+    return Path(hf_hub_download(repo_id, "README.md", cache_dir=cache_dir)).read_text("utf-8")
+
+
+def test_the_pushed_card_installs_the_library_and_names_its_repo(
+    hub_server, model, eval_metrics, tmp_path
+):
+    """Even after a local publish without a repo id left the placeholder in the same folder."""
+    repo_id = hub_server.new_repo_id("named")
+    out = tmp_path / "model"
+    publish(model, out, metrics=eval_metrics, record=RECORD)
+    assert f'from_pretrained("{REPO_PLACEHOLDER}")' in (out / "README.md").read_text()
+    publish(
+        model, out, metrics=eval_metrics, record=RECORD, repo_id=repo_id, token=hub_server.token
+    )
+    card = _pushed_card(repo_id, tmp_path / "cache")
+    assert card == (out / "README.md").read_text()
+    assert not [p for p in PLACEHOLDERS if p in card]
+    usage = card.split("## How to use it")[1].split("## Training data")[0]
+    assert f"```bash\n{INSTALL_COMMAND}\n```" in usage
+    assert "from imcap_hub import ImageCaptioner" in usage
+    assert f'ImageCaptioner.from_pretrained("{repo_id}")' in usage
+    assert f"IMCAP_MODEL={repo_id} python app.py" in usage
+    assert f"caption dog.jpg --model {repo_id}\n" in usage
+
+
+def test_the_library_card_installs_the_library_and_takes_a_repo_id(model, tmp_path):
+    """The mixin's card (``DEFAULT_CARD``), for a model without a card of its own."""
+    model.save_pretrained(tmp_path / "a")
+    text = (tmp_path / "a" / "README.md").read_text()
+    assert f"```bash\n{INSTALL_COMMAND}\n```" in text
+    assert "from imcap_hub import ImageCaptioner" in text
+    assert f'from_pretrained("{REPO_PLACEHOLDER}")' in text
+    model.save_pretrained(tmp_path / "b", model_card_kwargs={"repo_id": "someone/x"})
+    text = (tmp_path / "b" / "README.md").read_text()
+    assert 'from_pretrained("someone/x")' in text and REPO_PLACEHOLDER not in text
+
+
+@pytest.mark.parametrize("card", ["generated", "local"])
+def test_library_push_to_hub_names_its_repo_in_the_card(hub_server, model, tmp_path, card):
+    """``ImageCaptioner.push_to_hub``: the mixin's card (no card set), or a card rendered for a
+    local folder and loaded with it."""
+    repo_id = hub_server.new_repo_id(f"mixin-{card}")
+    if card == "local":
+        publish(model, tmp_path / "model", metrics=None, record=RECORD)
+        model = ImageCaptioner.from_pretrained(tmp_path / "model", runtime="keras")
+        assert REPO_PLACEHOLDER in model.card
+    model.push_to_hub(repo_id, token=hub_server.token)
+    text = _pushed_card(repo_id, tmp_path / "cache")
+    assert "from imcap_hub import ImageCaptioner" in text and 'pip install "imcap @ git+' in text
+    assert not [p for p in PLACEHOLDERS if p in text]
+    assert f'from_pretrained("{repo_id}")' in text
 
 
 def test_repush_deletes_what_the_model_no_longer_has(hub_server, model, eval_metrics, tmp_path):

@@ -10,6 +10,7 @@ import re
 import shutil
 import time
 from pathlib import Path
+from unittest.mock import ANY
 
 import numpy as np
 import pytest
@@ -248,21 +249,25 @@ def test_model_panel_for_the_demo_model_and_no_card(tiny_model_dir):
     assert panel.endswith("No metrics.json: this model has not been evaluated.")
 
 
-def test_metrics_of_training_evaluate_are_one_row_per_decoding(eval_metrics):
+def test_metrics_of_training_evaluate_are_one_row_per_metric_and_a_column_per_decoding(
+    eval_metrics,
+):
     lines = serving.metrics_markdown(eval_metrics)
+    decodings = list(eval_metrics["decodings"])
     names = list(next(iter(eval_metrics["decodings"].values())))
     n = eval_metrics["n_images"]
     assert lines[:4] == [
         f"**Evaluation** (split `{eval_metrics['split']}`, {n} images; from `metrics.json`):",
         "",
-        "| decoding | " + " | ".join(names) + " |",
-        "|---|" + "---|" * len(names),
+        "| metric | " + " | ".join(decodings) + " |",
+        "|---|" + "---|" * len(decodings),
     ]
     rows = lines[4:]
-    assert [r.split(" | ")[0] for r in rows] == [f"| {d}" for d in eval_metrics["decodings"]]
-    for row, scores in zip(rows, eval_metrics["decodings"].values()):
+    assert [r.split(" | ")[0] for r in rows] == [f"| {name}" for name in names]
+    for row, name in zip(rows, names, strict=True):
         cells = [c.strip() for c in row.strip("|").split("|")][1:]
-        assert cells == [serving.four_significant_digits(scores[k]) for k in names]
+        want = [eval_metrics["decodings"][d][name] for d in decodings]
+        assert cells == [serving.four_significant_digits(v) for v in want]
 
 
 @pytest.mark.parametrize(
@@ -281,10 +286,11 @@ def test_metrics_of_training_evaluate_are_one_row_per_decoding(eval_metrics):
             [
                 "**Evaluation** (split `val`; from `metrics.json`):",
                 "",
-                "| decoding | BLEU-1 | CIDEr | METEOR |",
-                "|---|---|---|---|",
-                "| greedy | 0.1235 | 1 |  |",
-                "| beam-3 |  |  | 0.25 |",
+                "| metric | greedy | beam-3 |",
+                "|---|---|---|",
+                "| BLEU-1 | 0.1235 |  |",
+                "| CIDEr | 1 |  |",
+                "| METEOR |  | 0.25 |",
             ],
         ),
         (
@@ -555,3 +561,26 @@ def test_an_upload_check_that_fails_unexpectedly_is_still_a_message(service, mon
         problem = service.image_problem({"path": "/tmp/x/upload.png", "orig_name": "cat.png"})
     assert problem == "'cat.png': this image could not be checked (a server error, logged)"
     assert "a decoder bug" in caplog.text
+
+
+def test_batch_view_shows_the_captioned_and_names_the_rest(service, image_files):
+    good, bad = image_files["good"][0], image_files["bad"]["truncated_jpeg"]
+    entries = service.caption_batch([upload(good, "a.jpg"), upload(bad, "b.jpg"), None])
+    caption = service.loaded.model.caption(good)[0].text
+    assert entries == [
+        {"file": "a.jpg", "caption": caption},
+        {"file": "b.jpg", "error": ANY},
+        {"file": "", "error": "not a file"},
+    ]
+    assert entries[1]["error"].startswith("'b.jpg': the image data is damaged or truncated")
+    pairs, note, downloads = service.batch_view([str(good), str(bad), "x"], entries)
+    assert pairs == [(str(good), caption)]
+    assert note.splitlines() == [
+        "**Not captioned (2):**",
+        f"- {entries[1]['error']}",
+        "- not a file",
+    ]
+    csv_path, jsonl_path = map(Path, downloads)
+    assert csv_path.read_text().splitlines()[:2] == ["file,caption,error", f"a.jpg,{caption},"]
+    assert json.loads(jsonl_path.read_text().splitlines()[2]) == entries[2]
+    assert service.batch_view(None, None) == ([], "", None)

@@ -24,7 +24,7 @@ from huggingface_hub.utils import validate_repo_id
 
 from imcap_hub import DecodeOptions, ImcapError
 from imcap_hub.model import ENCODER_FILE, METRICS_FILE
-from model_card import render_card
+from model_card import REPO_PLACEHOLDER, render_card
 from training.evaluate import best_decoding
 
 if TYPE_CHECKING:
@@ -102,6 +102,14 @@ def _hub_error(error: Exception, repo_id: str, branch: str | None) -> PublishErr
     return PublishError(f"cannot reach the Hub to push {repo_id}: {first}")
 
 
+def _check_card(card: str, repo_id: str) -> None:
+    """A card about to be pushed names its repo in the usage snippet and keeps no placeholder."""
+    if REPO_PLACEHOLDER in card or f'from_pretrained("{repo_id}")' not in card:
+        raise PublishError(
+            f"the model card does not name {repo_id} in its usage snippet (template bug?)"
+        )
+
+
 def _remove_stale(out_dir: Path, model: ImageCaptioner) -> list[str]:
     """Files a previous save into ``out_dir`` may have left that this model does not write."""
     stale = []
@@ -134,7 +142,8 @@ def publish(
     ``metrics``: the evaluation (None: not evaluated); ``record``: the run's training record;
     ``model_name``: the card's title when there is no repo id (default: the run's name);
     ``notes``: a paragraph the card shows under its summary.
-    Sets ``model.card`` (rendered by :func:`model_card.render_card`) and ``model.metrics``, then
+    Sets ``model.card`` (rendered by :func:`model_card.render_card`; with ``repo_id``, its usage
+    snippet names that repo: a pushed card never keeps the placeholder) and ``model.metrics``, then
     ``model.save_pretrained(out_dir)``. With ``repo_id``: creates the repo (``private`` applies to
     a new repo only) and ``branch`` if missing, and pushes the same files in one commit; imcap
     files that this model does not have (an old ``metrics.json``, ``encoder.safetensors``) are
@@ -160,6 +169,8 @@ def publish(
         model_name=model_name,
         notes=notes,
     )
+    if repo_id is not None:
+        _check_card(card, repo_id)
     model.card = card
     model.metrics = metrics
     try:

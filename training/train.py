@@ -399,6 +399,10 @@ def fit(
                 steps_per_epoch=steps,
                 validation_data=val_ds,
                 callbacks=[
+                    # Keras would append its progress bar last: it would finish each epoch's bar
+                    # after the checkpointer's epoch line, which then ended up mid-bar. First in
+                    # the list, the bar ends its line before the epoch line is written.
+                    *([keras.callbacks.ProgbarLogger()] if verbose else []),
                     make_checkpointer(checkpoints, state, models, settings, log),
                     *callbacks,
                 ],

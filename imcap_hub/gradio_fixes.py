@@ -1,0 +1,111 @@
+"""Two fixes to Gradio 6.31's behaviour, applied by app.py to the Gradio objects it passes in.
+This module never imports gradio: ``imcap_hub`` stays usable without it.
+
+- A ``batch=True`` event's validator answers a tuple, which ``process_validation_response``
+  takes for "valid", so one bad image would fail every request of its batch.
+- The MCP server sends a dict or list answer as ``str()``, a Python repr, and names itself
+  after the page, with the ``mcp`` package's version; and the schema of a list of files keeps
+  its definitions inside the parameter while its ``$ref`` points at the schema's root, so MCP
+  clients refuse every call of such a tool, and the server finds its files at ``items``, not at
+  the list's indices, so it would not turn their URLs into files.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from types import ModuleType
+from typing import Any
+
+from . import __version__
+
+log = logging.getLogger(__name__)
+
+PATCHED_GRADIO = "6.31.0"  # the Gradio version accept_batched_validator_answers was written for
+
+
+def accept_batched_validator_answers(queueing: ModuleType, gradio_version: str) -> bool:
+    """Make ``gradio.queueing.process_validation_response`` read a batched validator's tuple.
+    On another Gradio version: skipped with a warning, not refused (the bug costs a batch, not
+    the server; patching a private function that changed could break every request)."""
+    original = queueing.process_validation_response
+    if getattr(original, "_imcap_fixed", False):
+        return True
+    if gradio_version != PATCHED_GRADIO:
+        log.warning(
+            f"Skipped the batched-validator patch: it was written for Gradio {PATCHED_GRADIO} and "
+            f"this is {gradio_version}; a bad image may fail the other requests of its batch"
+        )
+        return False
+
+    @functools.wraps(original)  # the original stays reachable as __wrapped__
+    def process_validation_response(validation_response, fn=None):
+        if isinstance(validation_response, tuple):
+            validation_response = list(validation_response)
+        return original(validation_response, fn)
+
+    process_validation_response._imcap_fixed = True  # type: ignore[attr-defined]
+    queueing.process_validation_response = process_validation_response
+    return True
+
+
+def fix_mcp_server(blocks: Any) -> None:
+    """Make the MCP server of the launched ``blocks`` (a ``gradio.Blocks``) answer dicts and
+    lists as JSON text, call itself ``imcap`` with imcap's version, and give a list of files a
+    schema that resolves."""
+    server = getattr(blocks, "mcp_server_obj", None)
+    if server is None:
+        return
+    server.mcp_server.name, server.mcp_server.version = "imcap", __version__
+    original = server.postprocess_output_data
+
+    def postprocess_output_data(data: list[Any], root_url: str) -> list[Any]:
+        as_json = [json.dumps(d) if isinstance(d, (dict, list)) else d for d in data]
+        return original(as_json, root_url)
+
+    server.postprocess_output_data = postprocess_output_data
+    for endpoint in server.api_info["named_endpoints"].values():
+        for parameter in endpoint["parameters"]:
+            parameter["type"] = inline_definitions(parameter["type"])
+    convert = server.convert_strings_to_filedata
+
+    def convert_strings_to_filedata(value: Any, positions: list[list[str | int]]) -> Any:
+        # Gradio finds a list's files at [..., "items"]; the arguments hold them at [..., 0], ...
+        return convert(value, [p for position in positions for p in _at(position, value)])
+
+    server.convert_strings_to_filedata = convert_strings_to_filedata
+
+
+def _at(position: list[str | int], value: Any, prefix: tuple = ()) -> list[list[str | int]]:
+    """The concrete paths in ``value`` that ``position`` names, ``"items"`` standing for every
+    index of a list."""
+    if not position:
+        return [list(prefix)]
+    head, *rest = position
+    if head == "items" and isinstance(value, list):
+        return [p for i, item in enumerate(value) for p in _at(rest, item, (*prefix, i))]
+    if isinstance(value, dict) and head in value:
+        return _at(rest, value[head], (*prefix, head))
+    return [list(prefix) + list(position)]
+
+
+def inline_definitions(schema: Any) -> Any:
+    """``schema`` with each ``{"$ref": "#/$defs/X"}`` replaced by its own ``$defs`` entry X, and
+    the ``$defs`` gone: a parameter's schema that stands alone wherever it is put."""
+    defs = schema.get("$defs") if isinstance(schema, dict) else None
+    if not defs:
+        return schema
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, list):
+            return [resolve(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        ref = node.get("$ref", "")
+        if ref.startswith("#/$defs/"):
+            rest = {k: v for k, v in node.items() if k != "$ref"}
+            return {**resolve(defs[ref.removeprefix("#/$defs/")]), **resolve(rest)}
+        return {k: resolve(v) for k, v in node.items() if k != "$defs"}
+
+    return resolve(schema)
