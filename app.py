@@ -23,7 +23,7 @@ if __name__ == "__main__":  # importing Gradio takes seconds: say so first
     log.info("importing Gradio and imcap_hub...")
 
 import gradio as gr  # noqa: E402
-from gradio import queueing  # noqa: E402
+from gradio import queueing, route_utils  # noqa: E402
 
 from imcap_hub import gradio_fixes, serving, startup  # noqa: E402
 from imcap_hub.images import ImageLimits  # noqa: E402
@@ -134,6 +134,7 @@ def build_app(
 ) -> gr.Blocks:
     """The Gradio Blocks for ``loaded`` (``max_batch_size=1``: no request batching)."""
     gradio_fixes.accept_batched_validator_answers(queueing, gr.__version__)
+    gradio_fixes.sweep_uploads_safely(route_utils, gr.__version__)
     service = serving.CaptionService(loaded, LIMITS)
 
     def validate_caption(image: list[Any]) -> tuple[list[dict[str, Any]]]:

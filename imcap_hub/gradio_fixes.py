@@ -1,8 +1,11 @@
-"""Two fixes to Gradio 6.31's behaviour, applied by app.py to the Gradio objects it passes in.
+"""Fixes to Gradio 6.31's behaviour, applied by app.py to the Gradio objects it passes in.
 This module never imports gradio: ``imcap_hub`` stays usable without it.
 
 - A ``batch=True`` event's validator answers a tuple, which ``process_validation_response``
   takes for "valid", so one bad image would fail every request of its batch.
+- ``delete_cache``'s sweep walks the live set of uploads in a worker thread: an upload that
+  arrives meanwhile raises "Set changed size during iteration", which ends the sweep task for
+  good, silently, and a busy Space then keeps every upload.
 - The MCP server sends a dict or list answer as ``str()``, a Python repr, and names itself
   after the page, with the ``mcp`` package's version; and the schema of a list of files keeps
   its definitions inside the parameter while its ``$ref`` points at the schema's root, so MCP
@@ -15,7 +18,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 from . import __version__
@@ -47,6 +50,34 @@ def accept_batched_validator_answers(queueing: ModuleType, gradio_version: str) 
 
     process_validation_response._imcap_fixed = True  # type: ignore[attr-defined]
     queueing.process_validation_response = process_validation_response
+    return True
+
+
+def sweep_uploads_safely(route_utils: ModuleType, gradio_version: str) -> bool:
+    """Make ``gradio.route_utils.delete_files_created_by_app`` sweep copies of the upload sets
+    (then drop what it deleted from the live ones). On another Gradio version: skipped, with a
+    warning."""
+    original = route_utils.delete_files_created_by_app
+    if getattr(original, "_imcap_fixed", False):
+        return True
+    if gradio_version != PATCHED_GRADIO:
+        log.warning(
+            f"Skipped the upload-sweep patch: it was written for Gradio {PATCHED_GRADIO} and this "
+            f"is {gradio_version}; under load, uploads may stop being deleted"
+        )
+        return False
+
+    @functools.wraps(original)
+    def delete_files_created_by_app(blocks, age):
+        live = list(blocks.temp_file_sets)
+        before = [set(files) for files in live]  # set() copies without a thread switch
+        after = [set(files) for files in before]
+        original(SimpleNamespace(blocks=blocks.blocks, temp_file_sets=after), age)
+        for files, old, kept in zip(live, before, after):
+            files -= old - kept
+
+    delete_files_created_by_app._imcap_fixed = True  # type: ignore[attr-defined]
+    route_utils.delete_files_created_by_app = delete_files_created_by_app
     return True
 
 

@@ -10,6 +10,7 @@ import asyncio
 import base64
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -464,3 +465,38 @@ def test_attention_from_a_pooled_model_is_refused_naming_it(client, image_files)
             handle_file(image_files["good"][0]), "beam", 3, 1, None, 1.0, 1.0, 0, True,
             api_name="/caption_details",
         )  # fmt: skip
+
+
+# --- the patch of Gradio's upload sweep (delete_cache) -----------------------------------------
+
+
+def test_the_upload_sweep_survives_an_upload_arriving_while_it_runs(tmp_path, monkeypatch):
+    """An upload landing while the sweep iterates (here: when it deletes a file) made Gradio's
+    sweep raise, which ended its schedule for good; the patched sweep deletes the old upload
+    and keeps the new one."""
+    from types import SimpleNamespace
+
+    from gradio import route_utils
+
+    original = getattr(route_utils.delete_files_created_by_app, "__wrapped__", None)
+    original = original or route_utils.delete_files_created_by_app
+    old = tmp_path / "old.png"
+    uploads: set[str] = set()
+    blocks = SimpleNamespace(blocks={}, temp_file_sets=[uploads])
+    remove = os.remove
+
+    def remove_while_an_upload_arrives(path):
+        remove(path)
+        uploads.add(str(tmp_path / f"new-{len(uploads)}.png"))
+
+    monkeypatch.setattr(os, "remove", remove_while_an_upload_arrives)
+    old.write_bytes(b"x")
+    uploads.add(str(old))
+    with pytest.raises(RuntimeError, match="Set changed size during iteration"):
+        original(blocks, age=None)  # Gradio 6.31's own: the bug
+    old.write_bytes(b"x")
+    uploads.clear()
+    uploads.add(str(old))
+    assert gradio_fixes.sweep_uploads_safely(route_utils, gr.__version__)
+    route_utils.delete_files_created_by_app(blocks, age=None)
+    assert not old.exists() and uploads == {str(tmp_path / "new-1.png")}
