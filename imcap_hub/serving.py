@@ -44,9 +44,18 @@ from .startup import step
 log = logging.getLogger(__name__)
 
 NO_IMAGE = "No image: upload one, paste one or take a webcam picture first."
-NO_MODEL_NOTICE = (
-    "No model configured (--model / IMCAP_MODEL): serving the bundled demo model, a tiny "
-    "captioner of synthetic shapes. It only knows coloured circles, squares and triangles."
+# For the visitor (the page and /model_info); what the operator should do goes to the log.
+DEMO_NOTICE = (
+    "This demo model only knows coloured shapes (circles, squares and triangles), so a photo "
+    "gets a wrong caption."
+)
+OFFLINE_NOTICE = (
+    "The model this page should serve could not be downloaded, so the demo model answers "
+    "instead. It only knows coloured shapes, so a photo gets a wrong caption."
+)
+NO_MODEL_LOG = (
+    "No model configured: serving the bundled demo model. Pass --model REPO_OR_DIR, or set "
+    "IMCAP_MODEL (a Space variable), to serve yours."
 )
 MAX_METRIC_ROWS = 40
 DEFAULT_MAX_BATCH = 8
@@ -173,7 +182,8 @@ def load_model(
                 f"the bundled demo model is not present ({demo_dir} has no config.json); "
                 "pass --model REPO_OR_DIR or set IMCAP_MODEL"
             )
-        captioner, is_demo, notice = _load_demo(demo_dir, runtime), True, NO_MODEL_NOTICE
+        log.warning(NO_MODEL_LOG)
+        captioner, is_demo, notice = _load_demo(demo_dir, runtime), True, DEMO_NOTICE
     else:
         try:
             captioner = ImageCaptioner.from_pretrained(
@@ -189,11 +199,7 @@ def load_model(
                     f"present ({demo_dir})"
                 ) from None
             log.warning("%s; serving the bundled demo model instead", e)
-            notice = (
-                f"The Hub could not be reached and {requested!r} is not cached ({e}). "
-                "Serving the bundled demo model instead: a tiny captioner of synthetic shapes."
-            )
-            captioner, is_demo = _load_demo(demo_dir, runtime), True
+            captioner, is_demo, notice = _load_demo(demo_dir, runtime), True, OFFLINE_NOTICE
     loaded = LoadedModel(captioner, requested, revision, is_demo, notice)
     loaded.load_seconds = time.perf_counter() - start
     if warmup:
@@ -212,8 +218,6 @@ def load_model(
         loaded.load_seconds,
         loaded.warmup_seconds,
     )
-    if notice:
-        log.warning(notice)
     return loaded
 
 

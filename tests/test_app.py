@@ -326,7 +326,7 @@ def _props(blocks: gr.Blocks, elem_id: str) -> list[dict]:
 def test_the_demo_model_is_announced_on_the_page(tiny_model_dir):
     loaded = serving.load_model(None, demo_dir=tiny_model_dir, warmup=False)
     (notice,) = _props(app.build_app(loaded), "model-notice")
-    assert notice["value"] == f"**Demo model.** {serving.NO_MODEL_NOTICE}"
+    assert notice["value"] == f"**Demo model.** {serving.DEMO_NOTICE}"
 
 
 def test_the_model_card_body_is_on_the_page(app_server):

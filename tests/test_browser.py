@@ -261,3 +261,39 @@ def test_several_images_make_a_gallery_and_two_downloads(
         for r in rows
     ]
     page.screenshot(path=str(ARTIFACTS / "browser_batch_phone.png"), full_page=True)
+
+
+@pytest.fixture(scope="module")
+def demo_server(app_model_dir):
+    """The app as a Space with no model configured: the demo model (here the tests' tiny one)."""
+    from conftest import _free_local_port
+
+    import app
+    from imcap_hub import serving
+
+    demo = app.build_app(serving.load_model(None, demo_dir=app_model_dir))
+    _, url, _ = demo.launch(
+        server_name="127.0.0.1",
+        server_port=_free_local_port(),
+        prevent_thread_lock=True,
+        quiet=True,
+        **app.launch_kwargs(),
+    )
+    yield url
+    demo.close()
+
+
+def test_the_demo_notice_sits_next_to_the_caption_on_a_phone(page, demo_server, image_files):
+    from imcap_hub import serving
+
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.goto(demo_server, wait_until="networkidle")
+    _upload(page, image_files["good"][1])
+    page.locator("#caption-button").click()
+    assert _caption_on_page(page)
+    caption = page.locator("#best-caption").bounding_box()
+    notice = page.locator("#model-notice")
+    assert serving.DEMO_NOTICE.split(",")[0] in notice.inner_text()
+    below = notice.bounding_box()["y"] - (caption["y"] + caption["height"])
+    assert 0 <= below < 40, below  # right under the caption, nothing in between
+    page.screenshot(path=str(ARTIFACTS / "browser_demo_phone.png"))

@@ -69,21 +69,24 @@ def offline(monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
 
 
-def test_nothing_configured_serves_the_demo_model_and_says_so(tiny_model_dir):
-    loaded = serving.load_model(None, demo_dir=tiny_model_dir, warmup=False)
-    assert loaded.is_demo and loaded.notice == serving.NO_MODEL_NOTICE
+def test_nothing_configured_serves_the_demo_model_and_says_so(tiny_model_dir, caplog):
+    with caplog.at_level("WARNING", logger="imcap_hub.serving"):
+        loaded = serving.load_model(None, demo_dir=tiny_model_dir, warmup=False)
+    assert loaded.is_demo and loaded.notice == serving.DEMO_NOTICE
     assert loaded.requested is None and loaded.warmup_seconds == 0.0
     info = serving.model_info(loaded)
     assert info["is_demo_model"] and info["source"] == "demo" and info["model_id"] == "imcap-demo"
-    assert info["notice"] == serving.NO_MODEL_NOTICE and info["requested_model"] is None
+    assert info["notice"] == serving.DEMO_NOTICE and info["requested_model"] is None
+    # The visitor is told what the model knows; the operator, in the log, what to configure.
+    assert "photo" in loaded.notice and "IMCAP_MODEL" not in loaded.notice
+    assert "--model" not in loaded.notice and "IMCAP_MODEL" in caplog.text
 
 
 def test_unreachable_hub_falls_back_to_the_demo_model(tiny_model_dir, hub_server, offline):
     """Offline (as huggingface_hub sees it) and not cached: the demo model, with a notice."""
     repo_id = hub_server.new_repo_id("never-cached")
     loaded = serving.load_model(repo_id, "main", demo_dir=tiny_model_dir, warmup=False)
-    assert loaded.is_demo
-    assert repo_id in loaded.notice and "Hub could not be reached" in loaded.notice
+    assert loaded.is_demo and loaded.notice == serving.OFFLINE_NOTICE
     info = serving.model_info(loaded)
     assert info["requested_model"] == repo_id and info["requested_revision"] == "main"
     assert info["is_demo_model"] and info["source"] == "demo"
