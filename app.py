@@ -35,10 +35,6 @@ MAX_UPLOAD_MB = 10  # Gradio refuses bigger uploads; imcap_hub refuses bigger im
 LIMITS = ImageLimits(max_pixels=40_000_000, max_bytes=MAX_UPLOAD_MB * 2**20)
 DECODING_CHOICES = [("beam search", "beam"), ("greedy", "greedy"), ("sampling", "sample")]
 MAX_BEAM_UI = MAX_CAPTIONS_UI = 10
-# Gradio's label wraps the Copy button too, which then takes the label: name the text itself.
-NAME_CAPTION = (
-    "() => document.querySelector('#best-caption textarea')?.setAttribute('aria-label', 'Caption')"
-)
 THEME = gr.themes.Default(  # system fonts only: the page must work with no network at all
     font=["system-ui", "-apple-system", "Segoe UI", "Roboto", "sans-serif"],
     font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"],
@@ -208,6 +204,11 @@ def build_app(
             **model_queue,
         )
         gr.api(service.model_info, api_name="model_info", queue=False)
+        documented = [
+            (service.caption_details, [image, *options]),
+            (service.caption_batch, [files]),
+        ]
+        gradio_fixes.describe_parameters(gr.utils.get_function_description, documented)
     demo.queue(default_concurrency_limit=1, max_size=256)
     demo.imcap_service = service  # for tests and the benchmark
     return demo
@@ -223,7 +224,7 @@ async def _lifespan(server_app):
 
 def launch_kwargs(**overrides: Any) -> dict[str, Any]:
     """How to launch (show_error off: gr.Error messages still show, nothing else does)."""
-    return dict(max_file_size=f"{MAX_UPLOAD_MB}mb", theme=THEME, css=CSS, js=NAME_CAPTION, ssr_mode=False, show_error=False,
+    return dict(max_file_size=f"{MAX_UPLOAD_MB}mb", theme=THEME, css=CSS, js=gradio_fixes.name_textarea("best-caption", "Caption"), ssr_mode=False, show_error=False,
                 footer_links=["api", "gradio"], mcp_server=serving.mcp_available(),
                 app_kwargs={"lifespan": _lifespan}) | overrides  # fmt: skip
 

@@ -3,6 +3,10 @@ This module never imports gradio: ``imcap_hub`` stays usable without it.
 
 - A ``batch=True`` event's validator answers a tuple, which ``process_validation_response``
   takes for "valid", so one bad image would fail every request of its batch.
+- The API docs page describes a parameter with its component's ``additional_description``,
+  never with the ``Args:`` of the function's docstring (which only the MCP server reads).
+- A Textbox's label also wraps its Copy button, which then takes the label: the text itself has
+  no accessible name.
 - ``delete_cache``'s sweep walks the live set of uploads in a worker thread: an upload that
   arrives meanwhile raises "Set changed size during iteration", which ends the sweep task for
   good, silently, and a busy Space then keeps every upload.
@@ -16,8 +20,10 @@ This module never imports gradio: ``imcap_hub`` stays usable without it.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import logging
+from collections.abc import Callable, Sequence
 from types import ModuleType, SimpleNamespace
 from typing import Any
 
@@ -51,6 +57,32 @@ def accept_batched_validator_answers(queueing: ModuleType, gradio_version: str) 
     process_validation_response._imcap_fixed = True  # type: ignore[attr-defined]
     queueing.process_validation_response = process_validation_response
     return True
+
+
+def describe_parameters(
+    parse: Callable[[Callable], tuple[str, dict[str, str], list[str]]],
+    endpoints: Sequence[tuple[Callable, Sequence[Any]]],
+) -> None:
+    """For each (function, its input components): give each component's API info the
+    docstring's description of its parameter, as ``additional_description`` (what the API docs
+    page shows). ``parse``: ``gradio.utils.get_function_description``."""
+    for fn, components in endpoints:
+        _, described, _ = parse(fn)
+        for name, component in zip(inspect.signature(fn).parameters, components):
+            if described.get(name):
+                info = component.api_info
+                text = described[name]
+                component.api_info = lambda info=info, text=text: {
+                    **info(),
+                    "additional_description": text,
+                }
+
+
+def name_textarea(elem_id: str, name: str) -> str:
+    """Page JavaScript (``launch(js=...)``) naming the textarea of the Textbox ``elem_id``."""
+    return (
+        f"() => document.querySelector('#{elem_id} textarea')?.setAttribute('aria-label', '{name}')"
+    )
 
 
 def sweep_uploads_safely(route_utils: ModuleType, gradio_version: str) -> bool:

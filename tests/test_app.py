@@ -307,9 +307,10 @@ def test_mcp_server_answers_json_with_typed_parameters_as_imcap(
         app_server.loaded.model.source["model_id"]
     )
     properties = tools["caption_details"].inputSchema["properties"]
-    assert properties["beam_size"] == {
-        "type": "integer", "minimum": 1, "maximum": app.MAX_BEAM_UI, "description": ANY, "default": 3
-    }  # fmt: skip
+    beam = properties["beam_size"]
+    assert (beam["type"], beam["minimum"], beam["maximum"], beam["default"]) == (
+        "integer", 1, app.MAX_BEAM_UI, 3
+    )  # fmt: skip
     assert properties["num_captions"]["type"] == properties["max_length"]["type"] == "integer"
     assert properties["seed"]["type"] == "integer"
     assert "data:" in properties["image"]["description"]  # data URLs are advertised
@@ -500,3 +501,16 @@ def test_the_upload_sweep_survives_an_upload_arriving_while_it_runs(tmp_path, mo
     assert gradio_fixes.sweep_uploads_safely(route_utils, gr.__version__)
     route_utils.delete_files_created_by_app(blocks, age=None)
     assert not old.exists() and uploads == {str(tmp_path / "new-1.png")}
+
+
+def test_the_api_docs_describe_each_parameter_from_the_docstring(app_server):
+    """The API docs page shows ``python_type.description``: the docstring's ``Args:`` text."""
+    endpoints = app_server.demo.get_api_info()["named_endpoints"]
+    details = {p["parameter_name"]: p for p in endpoints["/caption_details"]["parameters"]}
+    assert details["beam_size"]["python_type"]["description"] == (
+        "beam width (beam search), an integer."
+    )
+    assert "data:image/png;base64" in details["image"]["python_type"]["description"]
+    assert details["beam_size"]["type"]["type"] == "integer"
+    (images,) = endpoints["/caption_batch"]["parameters"]
+    assert images["python_type"]["description"].startswith("at most 64 images")
