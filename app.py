@@ -27,6 +27,7 @@ from gradio import queueing, route_utils  # noqa: E402
 
 from imcap_hub import gradio_fixes, serving, startup  # noqa: E402
 from imcap_hub.images import ImageLimits  # noqa: E402
+from imcap_hub.inference import MAX_SEED  # noqa: E402
 from imcap_hub.serving import load_model  # noqa: E402
 
 TITLE = "imcap: image captioning"
@@ -81,6 +82,7 @@ def _decoding_options(model_max: int, has_attention: bool) -> list[gr.components
             temperature = gr.Slider(0.1, 2.0, value=1.0, step=0.05, label="Temperature (sampling)")
             top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p (sampling)")
             seed = gr.Number(value=0, precision=0, label="Seed (sampling)")
+            seed.api_info = lambda: {"type": "integer", "minimum": 0, "maximum": MAX_SEED}
         no_maps = "Pick a word after captioning: its map over the image." if has_attention else "This model has no attention: it reads one pooled vector per image."  # fmt: skip
         attention = gr.Checkbox(False, label="Show where the model looked", interactive=has_attention, info=no_maps, elem_id="attention-option")  # fmt: skip
     return [decoding, beam, count, length, temperature, top_p, seed, attention]
@@ -204,11 +206,8 @@ def build_app(
             **model_queue,
         )
         gr.api(service.model_info, api_name="model_info", queue=False)
-        documented = [
-            (service.caption_details, [image, *options]),
-            (service.caption_batch, [files]),
-        ]
-        gradio_fixes.describe_parameters(gr.utils.get_function_description, documented)
+        docs = [(service.caption_details, [image, *options]), (service.caption_batch, [files])]
+        gradio_fixes.describe_parameters(gr.utils.get_function_description, docs)
     demo.queue(default_concurrency_limit=1, max_size=256)
     demo.imcap_service = service  # for tests and the benchmark
     return demo

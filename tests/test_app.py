@@ -312,7 +312,8 @@ def test_mcp_server_answers_json_with_typed_parameters_as_imcap(
         "integer", 1, app.MAX_BEAM_UI, 3
     )  # fmt: skip
     assert properties["num_captions"]["type"] == properties["max_length"]["type"] == "integer"
-    assert properties["seed"]["type"] == "integer"
+    seed = properties["seed"]
+    assert (seed["type"], seed["minimum"], seed["maximum"]) == ("integer", 0, 2**32 - 1)
     assert "data:" in properties["image"]["description"]  # data URLs are advertised
 
 
