@@ -106,7 +106,7 @@ def test_two_workers_train_like_one_process_with_the_same_global_batch(tmp_path,
     config["name"] = "multi"
     if kind == "attention":
         # With the doubly stochastic penalty on, two workers end 1e-3 away from one process
-        # (encoder weights; 1e-5 decoder): not understood yet, see the README.
+        # (encoder weights; 1e-5 decoder): of the order of the learning rate, see the README.
         config["training"]["attention_penalty"] = 0.0
     config_file = tmp_path / "run.json"
     config_file.write_text(json.dumps(config))
