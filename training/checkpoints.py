@@ -188,15 +188,23 @@ def open_run(checkpoints: Path | str, run_key: str, *, resume: bool) -> RunState
     ``run_key``, else :class:`CheckpointError` (the checkpoints are from another run).
     """
     checkpoints = Path(checkpoints)
-    state = read_state(checkpoints) if resume else None
+    state = peek_run(checkpoints, run_key) if resume else None
+    if state is None:
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    return state
+
+
+def peek_run(checkpoints: Path | str, run_key: str) -> RunState | None:
+    """The state to resume from, for a worker that only reads ``checkpoints`` (another
+    worker owns them): like :func:`open_run` with ``resume``, but it never deletes or creates
+    anything."""
+    state = read_state(checkpoints)
     if state is not None and state.run_key != run_key:
         raise CheckpointError(
             f"the checkpoints in {checkpoints} are from a different model, data or settings; "
             "start afresh with --fresh (or use another run name)"
         )
-    if state is None:
-        shutil.rmtree(checkpoints, ignore_errors=True)
-    checkpoints.mkdir(parents=True, exist_ok=True)
     return state
 
 

@@ -203,6 +203,8 @@ def train_stage(
         seed=config.seed,
         hardware=Hardware.detect(),
     )
+    # Every worker of a multi-worker run prints the same digest (the weights are all-reduced).
+    log(f"weights digest {result.weights_digest} (best epoch {result.best_epoch})")
     if not result.strategy.chief:
         log("not the chief worker: the chief writes the trained model")
         return record

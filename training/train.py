@@ -27,6 +27,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -40,7 +42,14 @@ from imcap_hub.config import CaptionerConfig
 from imcap_hub.encoder import CAFFE_MEAN_BGR
 from imcap_hub.errors import ImcapError
 from imcap_hub.vocab import Vocabulary, normalize_caption
-from training.checkpoints import RunState, epoch_dir, make_checkpointer, open_run, restore
+from training.checkpoints import (
+    RunState,
+    epoch_dir,
+    make_checkpointer,
+    open_run,
+    peek_run,
+    restore,
+)
 from training.record import StrategyInfo
 
 
@@ -120,6 +129,7 @@ class TrainResult:
     epoch_seconds: list[float]
     resumed_from: int
     strategy: StrategyInfo
+    weights_digest: str  # of the best epoch's weights: every worker of a run has the same
 
 
 # --- strategy ---------------------------------------------------------------------------------
@@ -150,6 +160,8 @@ def describe_strategy(strategy) -> StrategyInfo:
     except (AttributeError, RuntimeError):  # the default strategy has none
         devices = None
     name = type(strategy).__name__
+    if _is_multiworker(strategy):  # its class is CollectiveAllReduceStrategy
+        name = "MultiWorkerMirroredStrategy"
     return StrategyInfo(
         name="default (one device)" if name.startswith("_Default") else name,
         replicas=int(strategy.num_replicas_in_sync),
@@ -267,9 +279,12 @@ def build_models(
     train_encoder: bool,
     encoder_init=None,
     attention_penalty: float = 0.0,
+    replicas: int = 1,
 ) -> Models:
     """The models to fit. ``encoder_init``: a callable returning the Keras encoder to start
-    from (``train_encoder``); ``attention_penalty``: the attention decoder's lambda."""
+    from (``train_encoder``); ``attention_penalty``: the attention decoder's lambda;
+    ``replicas``: the strategy's replicas in sync (more than one: batch norm statistics are
+    all-reduced, so they are the global batch's as on one device)."""
     import keras
 
     from imcap_hub.decoder import build_training_model
@@ -278,6 +293,8 @@ def build_models(
     if not train_encoder:
         return Models(decoder, decoder, None)
     encoder = encoder_init()
+    if replicas > 1:
+        _synchronize_batch_norm(encoder)
     size = config.encoder.image_size
     images = keras.Input((size, size, 3), name="images")
     tokens = keras.Input((None,), dtype="int32", name="tokens")
@@ -285,7 +302,75 @@ def build_models(
     return Models(keras.Model([images, tokens], logits, name="imcap_end_to_end"), decoder, encoder)
 
 
-def _compile(model, settings, total_steps: int = 1) -> None:
+def _synchronize_batch_norm(model) -> None:
+    """Every BatchNormalization layer of ``model`` computes its batch statistics over all
+    replicas (Keras' ``synchronized``; read at call time). One device keeps the plain
+    moments: the synchronised ones round differently, and one-device runs retrain bit for bit."""
+    import keras
+
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.synchronized = True
+        elif hasattr(layer, "layers"):  # a nested model
+            _synchronize_batch_norm(layer)
+
+
+def _global_token_mean_loss():
+    """The masked cross-entropy averaged over the real target tokens of the *global* batch,
+    for more than one replica. Keras' ``mean_with_sample_weight`` divides each replica's sum
+    by that replica's own token count and averages the replicas: a mean of means, which is
+    not the one-device loss when replicas hold different numbers of tokens. Here each replica
+    divides by the token count all-reduced over the replicas, with ``sum`` reduction (which
+    Keras does not rescale), so the all-reduced gradients are the one-device ones."""
+    import keras
+    import tensorflow as tf
+
+    class GlobalTokenMeanCrossentropy(keras.losses.Loss):
+        def __init__(self):
+            super().__init__(reduction="sum", name="global_token_mean_crossentropy")
+
+        def call(self, y_true, y_pred):
+            y_true = tf.cast(y_true, tf.int32)
+            loss = keras.losses.sparse_categorical_crossentropy(y_true, y_pred, from_logits=True)
+            tokens = tf.reduce_sum(tf.cast(tf.not_equal(y_true, 0), loss.dtype))
+            context = tf.distribute.get_replica_context()
+            if context is not None and context.num_replicas_in_sync > 1:
+                tokens = context.all_reduce("SUM", tokens)
+            # The sample weights (target != pad) are applied by Keras after this.
+            return tf.math.divide_no_nan(loss, tokens)
+
+    return GlobalTokenMeanCrossentropy()
+
+
+def _clip_after_all_reduce_adam():
+    """Adam that clips the all-reduced gradients, for more than one replica. Keras clips
+    each replica's gradients (``clipnorm``: every tensor to that norm) before they are summed
+    over the replicas, which is not what one device does with the whole batch's gradient."""
+    import keras
+
+    if not hasattr(keras.optimizers.Adam, "_all_reduce_sum_gradients"):
+        raise TrainingError(
+            f"training on several replicas does not know this Keras ({keras.__version__}): "
+            "it needs the TensorFlow optimizer's _all_reduce_sum_gradients"
+        )
+
+    class ClipAfterAllReduceAdam(keras.optimizers.Adam):
+        def _clip_gradients(self, grads):
+            return grads  # clipped after the all-reduce, below
+
+        def _all_reduce_sum_gradients(self, grads_and_vars):
+            pairs = list(super()._all_reduce_sum_gradients(grads_and_vars))
+            grads = keras.optimizers.Adam._clip_gradients(self, [g for g, _ in pairs])
+            return list(zip(grads, [v for _, v in pairs]))
+
+    return ClipAfterAllReduceAdam
+
+
+def _compile(model, settings, total_steps: int = 1, replicas: int = 1) -> None:
+    """Compile ``model`` with Adam, the masked cross-entropy and token accuracy. With more
+    than one replica, :func:`_global_token_mean_loss` and :func:`_clip_after_all_reduce_adam`
+    make each step the one-device step; one device keeps Keras' own loss reduction and
+    clipping, so one-device runs retrain bit for bit as before."""
     import keras
 
     learning_rate = settings.learning_rate
@@ -296,11 +381,17 @@ def _compile(model, settings, total_steps: int = 1) -> None:
     kwargs = {"learning_rate": learning_rate}
     if settings.clipnorm is not None:
         kwargs["clipnorm"] = settings.clipnorm
-    model.compile(
-        optimizer=keras.optimizers.Adam(**kwargs),
-        loss=keras.losses.SparseCategoricalCrossentropy(
+    if replicas > 1:
+        loss = _global_token_mean_loss()
+        optimizer = _clip_after_all_reduce_adam()(**kwargs)
+    else:
+        loss = keras.losses.SparseCategoricalCrossentropy(
             from_logits=True, reduction="mean_with_sample_weight"
-        ),
+        )
+        optimizer = keras.optimizers.Adam(**kwargs)
+    model.compile(
+        optimizer=optimizer,
+        loss=loss,
         weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="token_accuracy")],
     )
 
@@ -366,50 +457,181 @@ def fit(
     if strategy is None:  # first: MultiWorkerMirroredStrategy wants to come before other TF work
         strategy = make_strategy(settings.strategy, settings.devices)
     chief, worker = is_chief(strategy)
-    if not chief:  # every worker keeps its own (identical) checkpoints; the chief owns the run
-        checkpoints = checkpoints.with_name(f"{checkpoints.name}.{worker}")
+    replicas = int(strategy.num_replicas_in_sync)
     run_key = _run_key(config, settings, seed, data)
-    state = open_run(checkpoints, run_key, resume=resume)
     monitor = "val_loss" if data.val is not None and len(data.val) else "loss"
+    # The usual multi-worker pattern: every worker reads the chief's checkpoints (the same run
+    # folder), every worker writes its own (saving reads the variables in step with the
+    # others), and only the chief's are kept; another worker writes into a temporary folder
+    # that is deleted at the end.
+    if chief:
+        state = open_run(checkpoints, run_key, resume=resume)
+        own = checkpoints
+    else:
+        state = peek_run(checkpoints, run_key) if resume else None
+        own = Path(tempfile.mkdtemp(prefix=f"imcap-checkpoints-{worker}-"))
     if state is None:
         state = RunState(run_key=run_key, monitor=monitor, seed=seed)
     resumed_from = state.epoch
+    try:
+        multiworker = _is_multiworker(strategy)
+        if multiworker:
+            _check_workers_agree(strategy, resumed_from, checkpoints)
+        keras.utils.set_random_seed(seed)
+        with op_determinism(settings.deterministic):
+            steps = _steps(data, settings, seed)
+            with strategy.scope():  # the optimizer's variables too: restore builds them
+                models = build_models(
+                    config,
+                    seed,
+                    settings.train_encoder,
+                    encoder_init,
+                    _attention_penalty(config, settings),
+                    replicas=replicas,
+                )
+                _compile(
+                    models.train, settings, total_steps=steps * settings.epochs, replicas=replicas
+                )
+                if resumed_from:
+                    restore(models.train, checkpoints, resumed_from)
+                    log(f"resuming after epoch {resumed_from} from {checkpoints}")
+            fixes = keras_multiworker_fixes if multiworker else _no_fixes
+            if state.epoch < settings.epochs and not state.stopped_early:
+                train_ds, val_ds = _datasets(config, data, settings, seed, state)
+                with fixes(models.train, strategy):
+                    models.train.fit(
+                        train_ds,
+                        epochs=settings.epochs,
+                        initial_epoch=state.epoch,
+                        steps_per_epoch=steps,
+                        validation_data=val_ds,
+                        callbacks=[
+                            # Keras would append its progress bar last: it would finish each epoch's
+                            # bar after the checkpointer's epoch line, which then ended up mid-bar.
+                            # First in the list, the bar ends its line before the epoch line.
+                            *([keras.callbacks.ProgbarLogger()] if verbose else []),
+                            make_checkpointer(
+                                own, state, models, settings, log if chief else _quiet
+                            ),
+                            *callbacks,
+                        ],
+                        verbose=verbose if chief else 0,
+                        shuffle=False,  # the order is epoch_order's
+                    )
+        # A best epoch from before a restart is only in the chief's checkpoints: read it there.
+        result_dir = own if state.best_epoch > resumed_from else checkpoints
+        return _result(config, settings, result_dir, state, resumed_from, strategy, start, chief)
+    finally:
+        if not chief:
+            shutil.rmtree(own, ignore_errors=True)
 
-    keras.utils.set_random_seed(seed)
-    with op_determinism(settings.deterministic):
-        steps = _steps(data, settings, seed)
-        with strategy.scope():  # the optimizer's variables too: restore builds them
-            models = build_models(
-                config,
-                seed,
-                settings.train_encoder,
-                encoder_init,
-                _attention_penalty(config, settings),
-            )
-            _compile(models.train, settings, total_steps=steps * settings.epochs)
-            if resumed_from:
-                restore(models.train, checkpoints, resumed_from)
-                log(f"resuming after epoch {resumed_from} from {checkpoints}")
-        if state.epoch < settings.epochs and not state.stopped_early:
-            train_ds, val_ds = _datasets(config, data, settings, seed, state)
-            models.train.fit(
-                train_ds,
-                epochs=settings.epochs,
-                initial_epoch=state.epoch,
-                steps_per_epoch=steps,
-                validation_data=val_ds,
-                callbacks=[
-                    # Keras would append its progress bar last: it would finish each epoch's bar
-                    # after the checkpointer's epoch line, which then ended up mid-bar. First in
-                    # the list, the bar ends its line before the epoch line is written.
-                    *([keras.callbacks.ProgbarLogger()] if verbose else []),
-                    make_checkpointer(checkpoints, state, models, settings, log),
-                    *callbacks,
-                ],
-                verbose=verbose,
-                shuffle=False,  # the order is epoch_order's
-            )
-    return _result(config, settings, checkpoints, state, resumed_from, strategy, start)
+
+def weights_digest(decoder_weights: dict[str, np.ndarray], encoder_file: Path | None) -> str:
+    """A short hash of the decoder weights and the encoder's (``train_encoder``) values."""
+    from imcap_hub.files import load_tensors
+
+    h = hashlib.sha256()
+    tensors = [decoder_weights]
+    if encoder_file is not None:
+        tensors.append(load_tensors(encoder_file))
+    for group in tensors:
+        for name in sorted(group):
+            value = np.ascontiguousarray(group[name])
+            h.update(f"{name}:{value.dtype}:{value.shape}".encode())
+            h.update(value.tobytes())
+    return h.hexdigest()[:16]
+
+
+@contextmanager
+def _no_fixes(model, strategy) -> Iterator[None]:
+    yield
+
+
+def _quiet(_message: str) -> None:
+    """A worker that is not the chief does not print epoch lines: the chief's say it all."""
+
+
+def _is_multiworker(strategy) -> bool:
+    import tensorflow as tf
+
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def _check_workers_agree(strategy, resumed_from: int, checkpoints: Path) -> None:
+    """Every worker must resume from the same epoch (else they would run different steps and
+    hang in the all-reduce); they do when they see the same run folder."""
+    import tensorflow as tf
+
+    epochs = strategy.gather(
+        strategy.experimental_distribute_values_from_function(
+            lambda _: tf.constant([resumed_from], tf.int64)
+        ),
+        axis=0,
+    )
+    epochs = sorted({int(e) for e in np.asarray(epochs)})
+    if len(epochs) > 1:
+        raise TrainingError(
+            f"the workers would resume from different epochs {epochs}: every worker needs "
+            f"the chief's checkpoints at {checkpoints} (a shared run folder), or start all "
+            "with --fresh"
+        )
+
+
+@contextmanager
+def keras_multiworker_fixes(model, strategy) -> Iterator[None]:
+    """Keras 3's ``fit`` under ``MultiWorkerMirroredStrategy`` with more than one worker,
+    made to work. Two places of its TensorFlow trainer reduce over the workers with calls
+    that ``tf.distribute`` refuses:
+
+    - before the first step (``_maybe_symbolic_build``) it averages the first distributed
+      batch over the replicas with ``strategy.reduce``, only to learn its shapes; that takes
+      one distributed value, not a nest of them, and fails with ``ValueError: Attempt to
+      convert a value (PerReplica:{...}) ... to a Tensor``. Here the loss and metric state is
+      built from this worker's own replica batch, which has the same shapes;
+    - after every step (``reduce_per_replica``) it averages the replicas' metric results
+      with ``strategy.reduce("MEAN", v, axis=0)``, and the results are scalars: ``Invalid
+      reduction dimension 0``. Here they are averaged with ``axis=None``: the mean of the
+      replicas' results, what Keras reports on one worker with several devices.
+
+    Inside the block only; the training step itself (gradients all-reduced by the optimizer)
+    is Keras' and TensorFlow's own.
+    """
+    import keras
+    import tensorflow as tf
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    original = getattr(tf_trainer, "reduce_per_replica", None)
+    if original is None or not hasattr(model, "_symbolic_build"):
+        raise TrainingError(
+            f"multi-worker training does not know this Keras ({keras.__version__}): it "
+            "needs Keras 3's TensorFlow trainer (reduce_per_replica, _symbolic_build)"
+        )
+
+    def local(value):
+        if isinstance(value, tf.distribute.DistributedValues):
+            return strategy.experimental_local_results(value)[0]
+        return value
+
+    def symbolic_build(iterator=None, data_batch=None):
+        if iterator is not None:
+            for _, _, batches in iterator:
+                data_batch = next(batches)
+                break
+        with strategy.scope():
+            model._symbolic_build(data_batch=tf.nest.map_structure(local, data_batch))
+
+    def reduce_per_replica(values, strategy_, reduction="auto"):
+        if reduction in ("auto", "mean") and _is_multiworker(strategy_):
+            return tf.nest.map_structure(lambda v: strategy_.reduce("MEAN", v, axis=None), values)
+        return original(values, strategy_, reduction)
+
+    model._maybe_symbolic_build = symbolic_build
+    tf_trainer.reduce_per_replica = reduce_per_replica
+    try:
+        yield
+    finally:
+        tf_trainer.reduce_per_replica = original
+        del model._maybe_symbolic_build
 
 
 def _steps(data: TrainData, settings, seed: int) -> int:
@@ -428,16 +650,22 @@ def _datasets(config: CaptionerConfig, data: TrainData, settings, seed: int, sta
     return train, val
 
 
-def _result(config, settings, checkpoints: Path, state: RunState, resumed_from, strategy, start):
+def _result(
+    config, settings, checkpoints: Path, state: RunState, resumed_from, strategy, start, chief
+):
     from imcap_hub.decoder import load_weights
 
     best = state.best_epoch
     if best == 0:
         raise TrainingError("no epoch finished")
     best_dir = epoch_dir(checkpoints, best)
+    encoder_file = best_dir / "encoder.safetensors" if settings.train_encoder else None
+    decoder_weights = load_weights(best_dir / "decoder.safetensors", config)
     return TrainResult(
-        decoder_weights=load_weights(best_dir / "decoder.safetensors", config),
-        encoder_weights_file=best_dir / "encoder.safetensors" if settings.train_encoder else None,
+        decoder_weights=decoder_weights,
+        # Another worker's checkpoints are deleted when fit returns.
+        encoder_weights_file=encoder_file if chief else None,
+        weights_digest=weights_digest(decoder_weights, encoder_file),
         best_epoch=best,
         epochs_run=state.epoch,
         history={k: list(v) for k, v in state.history.items()},
