@@ -7,9 +7,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ImcapError, naming_file
+from .errors import ImcapError
 from .files import atomic_write
-from .typed_json import from_json_object
+from .typed_json import from_json_object, read_json_file
 
 FORMAT_VERSION = 1
 ARCHITECTURES = ("resnet50", "tiny_resnet")
@@ -203,11 +203,4 @@ class CaptionerConfig:
     @classmethod
     def load(cls, path: str | Path) -> CaptionerConfig:
         """Read config.json; every error is a ConfigError whose message names the file."""
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"config.json cannot be read: {e}") from None
-        try:
-            return cls.from_json(text)
-        except ConfigError as e:
-            raise naming_file(e, "config.json") from None
+        return read_json_file(path, ConfigError, cls.from_dict)

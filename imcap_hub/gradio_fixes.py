@@ -34,19 +34,30 @@ log = logging.getLogger(__name__)
 PATCHED_GRADIO = "6.31.0"  # the Gradio version accept_batched_validator_answers was written for
 
 
+def _fixed_or_skipped(original: Any, gradio_version: str, patch: str, risk: str) -> bool | None:
+    """True when ``original`` is the fix already; False, with a warning naming ``risk``, on a
+    Gradio other than :data:`PATCHED_GRADIO`; None when the fix is to be made."""
+    if getattr(original, "_imcap_fixed", False):
+        return True
+    if gradio_version != PATCHED_GRADIO:
+        log.warning(
+            f"Skipped the {patch} patch: it was written for Gradio {PATCHED_GRADIO} and this is "
+            f"{gradio_version}; {risk}"
+        )
+        return False
+    return None
+
+
 def accept_batched_validator_answers(queueing: ModuleType, gradio_version: str) -> bool:
     """Make ``gradio.queueing.process_validation_response`` read a batched validator's tuple.
     On another Gradio version: skipped with a warning, not refused (the bug costs a batch, not
     the server; patching a private function that changed could break every request)."""
     original = queueing.process_validation_response
-    if getattr(original, "_imcap_fixed", False):
-        return True
-    if gradio_version != PATCHED_GRADIO:
-        log.warning(
-            f"Skipped the batched-validator patch: it was written for Gradio {PATCHED_GRADIO} and "
-            f"this is {gradio_version}; a bad image may fail the other requests of its batch"
-        )
-        return False
+    done = _fixed_or_skipped(
+        original, gradio_version, "batched-validator", "a bad image may fail its whole batch"
+    )
+    if done is not None:
+        return done
 
     @functools.wraps(original)  # the original stays reachable as __wrapped__
     def process_validation_response(validation_response, fn=None):
@@ -90,14 +101,11 @@ def sweep_uploads_safely(route_utils: ModuleType, gradio_version: str) -> bool:
     (then drop what it deleted from the live ones). On another Gradio version: skipped, with a
     warning."""
     original = route_utils.delete_files_created_by_app
-    if getattr(original, "_imcap_fixed", False):
-        return True
-    if gradio_version != PATCHED_GRADIO:
-        log.warning(
-            f"Skipped the upload-sweep patch: it was written for Gradio {PATCHED_GRADIO} and this "
-            f"is {gradio_version}; under load, uploads may stop being deleted"
-        )
-        return False
+    done = _fixed_or_skipped(
+        original, gradio_version, "upload-sweep", "under load, uploads may stop being deleted"
+    )
+    if done is not None:
+        return done
 
     @functools.wraps(original)
     def delete_files_created_by_app(blocks, age):

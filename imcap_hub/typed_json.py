@@ -9,14 +9,38 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import MISSING, fields, is_dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
-from .errors import ImcapError
+from .errors import ImcapError, naming_file
 
 T = TypeVar("T")
+
+
+def read_json_file(
+    path: str | os.PathLike, error: type[ImcapError], parse: Callable[[Any], T]
+) -> T:
+    """``parse`` of the JSON in the file at ``path``. Every error is an ``error`` whose message
+    starts with the file's name: unreadable, not JSON, or refused by ``parse`` (which raises
+    ``error``)."""
+    name = Path(path).name
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise error(f"{name} cannot be read: {e}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise error(f"{name} is not valid JSON: {e}") from None
+    try:
+        return parse(data)
+    except error as e:
+        raise naming_file(e, name) from None
 
 
 def _type_name(tp: Any) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import unicodedata
 from collections import Counter
@@ -10,8 +9,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ImcapError, naming_file
+from .errors import ImcapError
 from .files import atomic_write_json
+from .typed_json import read_json_file
 
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
 SPECIALS = (PAD, START, END, UNK)
@@ -148,15 +148,5 @@ class Vocabulary:
 
     @classmethod
     def load(cls, path: str | Path) -> Vocabulary:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise VocabularyError(f"vocab.json cannot be read: {e}") from None
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise VocabularyError(f"vocab.json is not valid JSON: {e}") from None
-        try:
-            return cls.from_dict(data)
-        except VocabularyError as e:
-            raise naming_file(e, "vocab.json") from None
+        """Read vocab.json; every error is a VocabularyError whose message names the file."""
+        return read_json_file(path, VocabularyError, cls.from_dict)
