@@ -258,6 +258,8 @@ def _attention_lstm_class():
                 else:
                     weight = ops.expand_dims(ops.cast(steps, alpha.dtype), -1)
                     coverage = ops.sum(alpha * weight, axis=1)  # (B, L)
+                # In float32 whatever the layer computes in: Keras adds it to a float32 loss.
+                coverage = ops.cast(coverage, "float32")
                 self.add_loss(self.alpha_reg * ops.mean(ops.sum((1.0 - coverage) ** 2, axis=-1)))
             return deep, alpha
 
@@ -311,7 +313,8 @@ def build_attention_training_model(
     deep, _ = recurrent(x, features, mask=mask, counted=counted)
     deep = layers.Dropout(config.decoder.dropout, name="deep_output_dropout")(deep)
     init = keras.initializers.GlorotUniform(seed=seed)
-    logits = layers.Dense(v, kernel_initializer=init, name="logits")(deep)
+    # float32 logits under a mixed-precision policy: a stable softmax and loss (training).
+    logits = layers.Dense(v, kernel_initializer=init, dtype="float32", name="logits")(deep)
     return keras.Model([features, tokens], logits, name="imcap_attention_decoder")
 
 

@@ -185,7 +185,10 @@ def _build_pooled_training_model(config: CaptionerConfig, seed: int | None):
     )
     x = lstm(x, mask=mask, initial_state=[h0, c0])
     x = layers.Dropout(d.dropout, name="lstm_dropout")(x)
-    logits = layers.Dense(config.vocab_size, kernel_initializer=init, name="logits")(x)
+    # float32 logits under a mixed-precision policy: a stable softmax and loss (training).
+    logits = layers.Dense(
+        config.vocab_size, kernel_initializer=init, dtype="float32", name="logits"
+    )(x)
     return keras.Model([features, tokens], logits, name="imcap_decoder")
 
 

@@ -5,6 +5,7 @@ logical CPU devices."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -433,3 +434,40 @@ def test_a_short_run_captions_held_out_images_far_better_than_chance(tmp_path):
     assert colour >= 0.8, (colour, captions[:10])
     assert size >= 0.8, (size, captions[:10])
     assert exact >= 0.3, (exact, captions[:10])
+
+
+# --- mixed precision ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["pooled", "attention"])
+def test_mixed_precision_trains_with_float32_weights_and_logits_and_puts_the_policy_back(
+    tmp_path, kind
+):
+    """No GPU here: bfloat16 compute on the CPU. The weights (what is published) and the
+    logits stay float32; the loss falls; the global policy is float32 again afterwards."""
+    import keras
+
+    from training.train import precision_policy
+
+    seen = []
+
+    class Probe(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            seen.append(keras.mixed_precision.global_policy().name)
+            seen.append(self.model.get_layer("logits").compute_dtype)
+
+    config, data = tiny_train_config(), random_data(images=False)
+    if kind == "attention":  # a 4x4 grid of 12 channels
+        config = tiny_train_config(kind="attention", attention_dim=8)
+        config.encoder.features, config.encoder.image_size = "spatial", 32
+        config.encoder.widths = [8, 16, 12]
+        grid = np.random.default_rng(1).normal(size=(len(data.inputs), 4, 4, 12))
+        data = dataclasses.replace(data, inputs=grid.astype(np.float32))
+    mixed = settings(epochs=2, mixed_precision=True)
+    result = fit(config, data, tmp_path, mixed, callbacks=[Probe()], log=quiet)
+    assert seen == ["mixed_bfloat16", "float32"]
+    assert all(np.asarray(w).dtype == np.float32 for w in result.decoder_weights.values())
+    assert result.history["loss"][-1] < result.history["loss"][0]
+    assert keras.mixed_precision.global_policy().name == "float32"
+    with precision_policy(False) as policy:
+        assert policy == "float32"

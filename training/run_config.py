@@ -145,6 +145,9 @@ class TrainingSection:
     on the doubly stochastic penalty ``sum_i (1 - sum_t alpha_ti)^2`` (Xu et al.'s lambda).
     The paper's lambda = 1 weighs it against a loss summed over a caption's words; imcap's loss
     is a mean over words, so the same balance is lambda / (mean caption length), about 0.1.
+    ``mixed_precision``: compute in float16 with loss scaling where a GPU is visible, in
+    bfloat16 otherwise, keeping the weights (and so the published files) and the logits in
+    float32 (``training.train.precision_policy``).
     """
 
     epochs: int = 20
@@ -159,6 +162,7 @@ class TrainingSection:
     devices: list[str] | None = None
     deterministic: bool = True
     attention_penalty: float = 0.1
+    mixed_precision: bool = False
 
     def validate(self) -> None:
         check_positive(self.epochs, "training.epochs", RunConfigError)

@@ -403,6 +403,25 @@ def _attention_penalty(config: CaptionerConfig, settings) -> float:
     return settings.attention_penalty if config.decoder.kind == "attention" else 0.0
 
 
+@contextmanager
+def precision_policy(mixed: bool) -> Iterator[str]:
+    """Keras' global dtype policy for building and fitting the models: ``mixed_float16`` (Keras
+    scales the loss) where TensorFlow sees a GPU, ``mixed_bfloat16`` on CPUs, or ``float32``;
+    put back as it was found. Yields the policy's name."""
+    import keras
+    import tensorflow as tf
+
+    before = keras.mixed_precision.global_policy()
+    name = "float32"
+    if mixed:
+        name = "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield name
+    finally:
+        keras.mixed_precision.set_global_policy(before)
+
+
 def _run_key(config: CaptionerConfig, settings, seed: int, data: TrainData) -> str:
     """What must be equal to resume: the model, the optimisation settings, the data."""
     payload = {
@@ -419,6 +438,8 @@ def _run_key(config: CaptionerConfig, settings, seed: int, data: TrainData) -> s
     }
     if config.decoder.kind == "attention":  # pooled runs keep the keys they had
         payload["attention_penalty"] = settings.attention_penalty
+    if settings.mixed_precision:  # float32 runs keep the keys they had
+        payload["mixed_precision"] = True
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -478,7 +499,12 @@ def fit(
         if multiworker:
             _check_workers_agree(strategy, resumed_from, checkpoints)
         keras.utils.set_random_seed(seed)
-        with op_determinism(settings.deterministic):
+        with (
+            op_determinism(settings.deterministic),
+            precision_policy(settings.mixed_precision) as policy,
+        ):
+            if policy != "float32":
+                log(f"mixed precision: Keras policy {policy}")
             steps = _steps(data, settings, seed)
             with strategy.scope():  # the optimizer's variables too: restore builds them
                 models = build_models(
