@@ -121,7 +121,11 @@ def _table(path: str | None, fmt: str | None):
         yield None
         return
     new = not os.path.exists(path) or os.path.getsize(path) == 0
-    cut = not new and Path(path).read_bytes()[-1:] != b"\n"  # a last row cut short by a crash
+    cut = False  # a last row cut short by a crash: only the file's last byte says so
+    if not new:
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            cut = f.read(1) != b"\n"
     with open(path, "a", encoding="utf-8", newline="") as f:
         if cut:
             f.write("\n")  # the cut row stays unreadable, on a line of its own; its image is redone
