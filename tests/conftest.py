@@ -264,3 +264,18 @@ def attention_app_server(attention_model_dir):
 
 
 # --- end app ---
+
+
+@pytest.fixture(scope="session")
+def shapes(tmp_path_factory):
+    """40 synthetic JPEGs of two sizes (so resizing matters), and a fake JPEG: what the
+    feature-cache tests cache."""
+    from training.synthetic import SyntheticConfig, write_dataset
+
+    root = tmp_path_factory.mktemp("feature-images")
+    write_dataset(root / "a", SyntheticConfig(n_images=30, image_size=48, seed=1), "captions_txt")
+    write_dataset(root / "b", SyntheticConfig(n_images=10, image_size=64, seed=2), "captions_txt")
+    images = sorted(str(p) for p in root.glob("*/Images/*.jpg"))
+    bad = root / "broken.jpg"
+    bad.write_text("not a JPEG\n")
+    return images, str(bad)

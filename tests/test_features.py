@@ -19,7 +19,6 @@ from imcap_hub import EncoderConfig, load_image
 from imcap_hub.encoder import Encoder, build_keras_encoder, keras_weights
 from imcap_hub.images import resize
 from training.features import DONE, RowCache, cache_images, extract_features
-from training.synthetic import SyntheticConfig, write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 ENCODER = EncoderConfig(
@@ -34,18 +33,6 @@ def _save_encoder(path: Path, seed: int) -> Path:
     keras.utils.set_random_seed(seed)
     save_file(keras_weights(build_keras_encoder(replace(ENCODER, weights="random"))), str(path))
     return path
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    """40 synthetic JPEGs of two sizes (so resizing matters), and a fake JPEG."""
-    root = tmp_path_factory.mktemp("feature-images")
-    write_dataset(root / "a", SyntheticConfig(n_images=30, image_size=48, seed=1), "captions_txt")
-    write_dataset(root / "b", SyntheticConfig(n_images=10, image_size=64, seed=2), "captions_txt")
-    images = sorted(str(p) for p in root.glob("*/Images/*.jpg"))
-    bad = root / "broken.jpg"
-    bad.write_text("not a JPEG\n")
-    return images, str(bad)
 
 
 @pytest.fixture(scope="module")

@@ -137,7 +137,14 @@ def _parser() -> argparse.ArgumentParser:
         )
         return p
 
-    add("prepare", "read the dataset, build the vocabulary, cache encoder features")
+    p = add("prepare", "read the dataset, build the vocabulary, cache encoder features")
+    p.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="cache only shard I of N of the images (several processes or machines share "
+        "the work; the last to finish merges the cache). Default under "
+        "training.strategy=multiworker: this task's shard of TF_CONFIG",
+    )
     p = add("train", "fit the model (resumes from the last checkpoint)")
     p.add_argument("--fresh", action="store_true", help="ignore checkpoints, start over")
     p = add("evaluate", "score a model on a split (coco-caption metrics)", config_required=False)
@@ -173,7 +180,7 @@ def _run_stage(config: RunConfig, args) -> None:
 
     progress = args.progress
     if args.command == "prepare":
-        stages.stage_prepare(config, progress=progress)
+        stages.stage_prepare(config, progress=progress, shard=args.shard)
     elif args.command == "train":
         stages.stage_train(config, fresh=args.fresh, progress=progress)
     elif args.command == "evaluate":

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -35,6 +36,7 @@ import numpy as np
 
 from imcap_hub.errors import ImcapError
 from imcap_hub.files import atomic_write_json
+from training.shards import Shard, ShardOutcome, fill_shard, merge_report
 
 FORMAT_VERSION = 1
 TODO, DONE, FAILED = 0, 1, 2
@@ -65,6 +67,7 @@ class CacheReport:
     failed: dict[str, str] = field(default_factory=dict)  # path -> reason
     seconds: float = 0.0
     runtime: str | None = None
+    shards: list[dict[str, Any]] = field(default_factory=list)  # each shard's part, if sharded
 
     @property
     def images_per_second(self) -> float:
@@ -81,6 +84,7 @@ class CacheReport:
             "seconds": round(self.seconds, 3),
             "images_per_second": round(self.images_per_second, 2),
             "runtime": self.runtime,
+            **({"shards": self.shards} if self.shards else {}),
         }
 
     def summary(self) -> str:
@@ -90,6 +94,8 @@ class CacheReport:
         )
         if self.runtime:
             text += f" with the {self.runtime} runtime"
+        if self.shards:
+            text += f" by {len(self.shards)} shards"
         if self.failed:
             first = next(iter(self.failed.items()))
             text += f"; {len(self.failed)} unreadable, skipped (e.g. {first[0]}: {first[1]})"
@@ -116,8 +122,11 @@ class RowCache:
         row_shape: Sequence[int],
         dtype: str,
         key_payload: dict[str, Any] | None = None,
+        reclaimable: int = 0,
     ) -> RowCache:
-        """Open (creating or growing as needed) the cache in ``folder`` for ``keys``."""
+        """Open (creating or growing as needed) the cache in ``folder`` for ``keys``.
+
+        ``reclaimable``: bytes on the same disk that filling the cache frees (shard parts)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         row_shape = tuple(int(s) for s in row_shape)
@@ -137,6 +146,9 @@ class RowCache:
         have = set(existing)
         missing = [k for k in dict.fromkeys(keys) if k not in have]
         if missing or not index_file.exists():
+            cls._check_disk(
+                folder, len(existing), len(existing) + len(missing), row_shape, dtype, reclaimable
+            )
             cls._grow(folder, existing, existing + missing, row_shape, dtype)
             existing = existing + missing
         data = np.lib.format.open_memmap(folder / "data.npy", mode="r+")
@@ -145,6 +157,28 @@ class RowCache:
         if data.shape[0] < n or done.shape[0] < n or tuple(data.shape[1:]) != row_shape:
             raise CacheError(f"{folder} is damaged (array sizes); delete the folder to rebuild it")
         return cls(folder, existing, data, done)
+
+    @staticmethod
+    def _check_disk(
+        folder: Path,
+        n_old: int,
+        n_new: int,
+        row_shape: tuple[int, ...],
+        dtype: str,
+        reclaimable: int,
+    ) -> None:
+        """Refuse a cache the disk cannot hold: filling a memory map on a full disk kills the
+        process with SIGBUS, no message. Growing copies the old rows into a new file, then
+        fills the new ones: the disk must hold the larger of the two."""
+        row = int(np.prod(row_shape)) * np.dtype(dtype).itemsize + 1  # + its done byte
+        needed = max(n_old, n_new - n_old) * row - reclaimable
+        free = shutil.disk_usage(folder).free
+        if needed > free:
+            raise CacheError(
+                f"the cache in {folder} needs {needed / 2**30:.2f} GiB more for "
+                f"{n_new - n_old} images ({row:,} bytes each), but the disk has "
+                f"{free / 2**30:.2f} GiB free; free some space or point features.cache_dir elsewhere"
+            )
 
     @staticmethod
     def _grow(
@@ -330,6 +364,71 @@ def feature_cache_folder(root: Path | str, encoder) -> tuple[Path, dict[str, Any
     return Path(root) / f"features-{cache_key(payload)}", payload
 
 
+@dataclass
+class CacheSpec:
+    """A cache folder, what its rows are, and how one is made."""
+
+    folder: Path
+    payload: dict[str, Any]
+    row_shape: tuple[int, ...]
+    dtype: str
+    load: Callable[[str], np.ndarray]  # image path -> array (in a thread)
+    compute: Callable[[list[np.ndarray]], np.ndarray]  # a batch of arrays -> rows
+    desc: str
+    runtime: Callable[[], str | None] = lambda: None  # called once, when there is work
+
+    def open(self, folder: Path, keys: Sequence[str], reclaimable: int = 0) -> RowCache:
+        return RowCache.open(folder, keys, self.row_shape, self.dtype, self.payload, reclaimable)
+
+
+def _fill(
+    spec: CacheSpec,
+    images: list[str],
+    *,
+    batch_size: int,
+    flush_seconds: float,
+    progress: bool,
+    shard: Shard | None,
+    wait: bool,
+    log: Callable[[str], None],
+) -> CachedArrays | ShardOutcome:
+    """Fill ``spec``'s cache for ``images``: whole, or one shard's part (see training.shards)."""
+
+    def fill(cache: RowCache, keys: Sequence[str]) -> CacheReport:
+        runtime = spec.runtime() if np.any(cache.status(keys) != DONE) else None
+        return cache.fill(
+            keys,
+            spec.load,
+            spec.compute,
+            batch_size=batch_size,
+            flush_seconds=flush_seconds,
+            progress=progress,
+            desc=spec.desc,
+            runtime=runtime,
+        )
+
+    if shard is None:
+        cache = spec.open(spec.folder, images)
+        return _result(cache, images, fill(cache, images))
+    outcome = fill_shard(spec.folder, images, shard, spec.open, fill, wait=wait, log=log)
+    if not outcome.complete:
+        return outcome
+    cache = spec.open(spec.folder, images)
+    parts = merge_report(spec.folder)  # this shard's or another's merge: the same report
+    computed = sum(p["n_computed"] for p in parts)
+    report = CacheReport(
+        folder=str(spec.folder),
+        n_images=len(images),
+        n_cached=len(images) - sum(p["n_images"] for p in parts),
+        n_computed=computed,
+        failed={k: v for k, v in cache.failures().items() if k in cache.row_of},
+        seconds=max((p["seconds"] for p in parts), default=0.0),
+        runtime=next((p["runtime"] for p in parts if p.get("runtime")), None),
+        shards=parts,
+    )
+    return _result(cache, images, report)
+
+
 def extract_features(
     images: Sequence[str],
     encoder,
@@ -338,38 +437,42 @@ def extract_features(
     batch_size: int = 32,
     flush_seconds: float = 5.0,
     progress: bool = True,
-) -> CachedArrays:
+    shard: Shard | None = None,
+    wait: bool = False,
+    log: Callable[[str], None] = print,
+) -> CachedArrays | ShardOutcome:
     """Encoder features for ``images`` (paths), computed once and cached under ``root``.
 
     ``encoder`` is an ``imcap_hub.encoder.Encoder`` (``runtime="auto"`` picks OpenVINO or
     ONNX Runtime where installed). Unreadable images are reported in ``report.failed`` and
-    have ``ok`` False.
+    have ``ok`` False. With ``shard``, only that shard's images are computed; the result is
+    a ``ShardOutcome`` until every shard has run (``wait``: wait for them).
     """
     from imcap_hub.encoder import preprocess
     from imcap_hub.images import load_image, resize
 
-    images = list(images)
     folder, payload = feature_cache_folder(root, encoder)
-    cache = RowCache.open(folder, images, encoder.config.feature_shape, "float32", payload)
     size = encoder.config.image_size
-
-    def compute(arrays: list[np.ndarray]) -> np.ndarray:
-        return encoder.run(preprocess(arrays, encoder.config))
-
-    runtime = None
-    if np.any(cache.status(images) != DONE):
-        runtime = encoder.prepare().name
-    report = cache.fill(
-        images,
+    spec = CacheSpec(
+        folder,
+        payload,
+        tuple(encoder.config.feature_shape),
+        "float32",
         lambda p: resize(load_image(p), size),
-        compute,
+        lambda arrays: encoder.run(preprocess(arrays, encoder.config)),
+        "features",
+        lambda: encoder.prepare().name,
+    )
+    return _fill(
+        spec,
+        list(images),
         batch_size=batch_size,
         flush_seconds=flush_seconds,
         progress=progress,
-        desc="features",
-        runtime=runtime,
+        shard=shard,
+        wait=wait,
+        log=log,
     )
-    return _result(cache, images, report)
 
 
 def cache_images(
@@ -380,23 +483,33 @@ def cache_images(
     batch_size: int = 64,
     flush_seconds: float = 5.0,
     progress: bool = True,
-) -> CachedArrays:
+    shard: Shard | None = None,
+    wait: bool = False,
+    log: Callable[[str], None] = print,
+) -> CachedArrays | ShardOutcome:
     """Decoded images resized to ``image_size`` (uint8), cached like features: what end-to-end
     training (``train_encoder``) feeds the encoder, decoded and resized exactly as at
-    inference (``imcap_hub.images.load_image`` + ``resize``)."""
+    inference (``imcap_hub.images.load_image`` + ``resize``). ``shard``: as
+    :func:`extract_features`."""
     from imcap_hub.images import load_image, resize
 
-    images = list(images)
     payload = {"kind": "images", "image_size": int(image_size), "resize": "pil-bilinear"}
-    folder = Path(root) / f"images-{cache_key(payload)}"
-    cache = RowCache.open(folder, images, (image_size, image_size, 3), "uint8", payload)
-    report = cache.fill(
-        images,
+    spec = CacheSpec(
+        Path(root) / f"images-{cache_key(payload)}",
+        payload,
+        (image_size, image_size, 3),
+        "uint8",
         lambda p: resize(load_image(p), image_size),
-        lambda arrays: np.stack(arrays),
+        np.stack,
+        "images",
+    )
+    return _fill(
+        spec,
+        list(images),
         batch_size=batch_size,
         flush_seconds=flush_seconds,
         progress=progress,
-        desc="images",
+        shard=shard,
+        wait=wait,
+        log=log,
     )
-    return _result(cache, images, report)

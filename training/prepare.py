@@ -31,7 +31,9 @@ from imcap_hub.errors import ImcapError
 from imcap_hub.files import atomic_write, atomic_write_json, save_tensors
 from imcap_hub.vocab import Vocabulary, normalize_caption
 from training.datasets import SPLITS
+from training.features import CachedArrays
 from training.run_config import RunConfig
+from training.shards import Shard, ShardOutcome, locked
 
 
 class PrepareError(ImcapError, RuntimeError):
@@ -152,31 +154,40 @@ def training_images(table: pd.DataFrame) -> list[str]:
     return list(dict.fromkeys(rows["image"].tolist()))
 
 
-def cache_inputs(config: RunConfig, table: pd.DataFrame, *, progress: bool = True):
+def cache_inputs(
+    config: RunConfig,
+    table: pd.DataFrame,
+    *,
+    progress: bool = True,
+    shard: Shard | None = None,
+    wait: bool = False,
+    log: Callable[[str], None] = print,
+) -> CachedArrays | ShardOutcome:
     """Features (frozen encoder) or resized images (``train_encoder``) for the train and val
-    images; computed once, resumable. Returns a ``training.features.CachedArrays``."""
+    images; computed once, resumable. ``shard``: only that shard's part (see
+    ``training.shards``); a ``ShardOutcome`` until every shard has run."""
     from training.features import cache_images, extract_features
 
     images = training_images(table)
     root = config.paths.features
+    options = {
+        "flush_seconds": config.features.flush_seconds,
+        "progress": progress,
+        "shard": shard,
+        "wait": wait,
+        "log": log,
+    }
     if config.training.train_encoder:
+        batch_size = max(config.features.batch_size, 64)
         return cache_images(
-            images,
-            config.model.encoder.image_size,
-            root,
-            batch_size=max(config.features.batch_size, 64),
-            flush_seconds=config.features.flush_seconds,
-            progress=progress,
+            images, config.model.encoder.image_size, root, batch_size=batch_size, **options
         )
-    encoder, _ = frozen_encoder(config)
-    return extract_features(
-        images,
-        encoder,
-        root,
-        batch_size=config.features.batch_size,
-        flush_seconds=config.features.flush_seconds,
-        progress=progress,
-    )
+    if shard is None:
+        encoder, _ = frozen_encoder(config)
+    else:
+        with locked(config.paths.prepared):  # one shard draws a random encoder, once
+            encoder, _ = frozen_encoder(config)
+    return extract_features(images, encoder, root, batch_size=config.features.batch_size, **options)
 
 
 def load_prepared(config: RunConfig) -> tuple[pd.DataFrame, Vocabulary, dict[str, Any]]:
@@ -194,12 +205,25 @@ def load_prepared(config: RunConfig) -> tuple[pd.DataFrame, Vocabulary, dict[str
 
 
 def prepare(
-    config: RunConfig, *, progress: bool = True, log: Callable[[str], None] = print
+    config: RunConfig,
+    *,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    shard: Shard | None = None,
+    wait: bool = False,
 ) -> dict[str, Any]:
-    """Run the prepare stage; returns (and writes) ``prepare.json``."""
+    """Run the prepare stage; returns (and writes) ``prepare.json``.
+
+    ``shard``: cache only that shard's images (``training.shards``). The shard that completes
+    the cache merges it and writes ``prepare.json``; the others return ``{"shard": ...,
+    "complete": False}`` unless ``wait``, which waits for the cache to be complete.
+    """
     paths = config.paths
     timings: dict[str, float] = {}
     start = time.perf_counter()
+    if shard is not None and config.dataset.synthetic is not None:
+        with locked(paths.prepared):  # one shard draws the synthetic dataset, once
+            dataset_root(config, log)
     table, report, root, layout = read_table(config, log)
     timings["read_dataset_s"] = time.perf_counter() - start
     log(report.summary())
@@ -220,11 +244,25 @@ def prepare(
     )
 
     t = time.perf_counter()
-    cached = cache_inputs(config, table, progress=progress)
-    timings["features_s" if not config.training.train_encoder else "images_s"] = (
-        time.perf_counter() - t
-    )
-    log(("images: " if config.training.train_encoder else "features: ") + cached.report.summary())
+    kind = "images" if config.training.train_encoder else "features"
+    cached = cache_inputs(config, table, progress=progress, shard=shard, wait=wait, log=log)
+    timings[f"{kind}_s"] = time.perf_counter() - t
+    if isinstance(cached, ShardOutcome):
+        log(
+            f"{kind}: shard {shard}: {cached.n_computed} of its {cached.n_images} uncached "
+            f"images computed in {cached.seconds:.1f} s ({cached.n_failed} unreadable); the "
+            f"cache is complete when every shard has run (waiting for {cached.pending}): the "
+            "last one merges it and writes prepare.json"
+        )
+        return {
+            "shard": str(shard),
+            "complete": False,
+            "n_images": cached.n_images,
+            "n_computed": cached.n_computed,
+            "n_failed": cached.n_failed,
+            "seconds": round(cached.seconds, 3),
+        }
+    log(f"{kind}: " + cached.report.summary())
 
     splits = {}
     for split in SPLITS:
@@ -240,10 +278,7 @@ def prepare(
         },
         "splits": splits,
         "vocab": vocab_stats,
-        "cache": {
-            "kind": "images" if config.training.train_encoder else "features",
-            **cached.report.to_dict(),
-        },
+        "cache": {"kind": kind, **cached.report.to_dict()},
         "timings": {k: round(v, 3) for k, v in timings.items()},
     }
     atomic_write_json(paths.prepare_info, info, sort_keys=True)

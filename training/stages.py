@@ -33,6 +33,7 @@ from training.record import (
     epoch_records,
 )
 from training.run_config import RunConfig, RunConfigError
+from training.shards import Shard
 from training.train import Split, TrainData, encode_captions, fit
 
 STAGE_NAMES = ("prepare", "train", "evaluate", "push")
@@ -77,12 +78,29 @@ def stage_seconds(config: RunConfig, stages: Sequence[str] = STAGE_NAMES) -> dic
 # --- prepare ----------------------------------------------------------------------------------
 
 
-def stage_prepare(config: RunConfig, *, progress: bool) -> None:
+def prepare_shard(config: RunConfig, shard: str | None) -> tuple[Shard | None, bool]:
+    """(the shard this process prepares, whether it waits for the others): ``--shard I/N``
+    (no waiting), else the task of ``TF_CONFIG`` when training is multi-worker (waiting, so
+    that ``prepare`` then ``train`` on every worker reads the whole cache), else none."""
+    if shard is not None:
+        return Shard.parse(shard), False
+    tf_config = os.environ.get("TF_CONFIG")
+    if config.training.strategy == "multiworker" and tf_config:
+        return Shard.from_tf_config(tf_config), True
+    return None, False
+
+
+def stage_prepare(config: RunConfig, *, progress: bool, shard: str | None = None) -> None:
     from training.prepare import prepare
 
     start = time.perf_counter()
-    prepare(config, progress=progress, log=log)
-    record_stage(config, "prepare", time.perf_counter() - start)
+    this_shard, wait = prepare_shard(config, shard)
+    if this_shard is not None:
+        how = "--shard" if shard is not None else "TF_CONFIG"
+        log(f"prepare: shard {this_shard} (from {how}) of the feature cache")
+    info = prepare(config, progress=progress, log=log, shard=this_shard, wait=wait)
+    if info.get("complete", True):  # the shard that merged the cache records the stage
+        record_stage(config, "prepare", time.perf_counter() - start)
 
 
 # --- train ------------------------------------------------------------------------------------
