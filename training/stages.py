@@ -33,7 +33,7 @@ from training.record import (
     epoch_records,
 )
 from training.run_config import RunConfig, RunConfigError
-from training.shards import Shard
+from training.shards import Shard, ShardOutcome
 from training.train import Split, TrainData, encode_captions, fit
 
 STAGE_NAMES = ("prepare", "train", "evaluate", "push")
@@ -177,7 +177,10 @@ def train_stage(
     start = time.perf_counter()
     paths = config.paths
     table, vocab, prepared = load_prepared(config)
-    cached = cache_inputs(config, table, progress=progress)  # resumes an interrupted prepare
+    # Resumes an interrupted prepare; multi-worker, each worker its shard (one writer a part).
+    shard, wait = prepare_shard(config, None)
+    cached = cache_inputs(config, table, progress=progress, shard=shard, wait=wait, log=log)
+    assert not isinstance(cached, ShardOutcome)  # waited for every shard
     data, used = build_train_data(table, vocab, config.vocab.max_length, cached)
     model_config = config.captioner_config(len(vocab))
     settings = config.training
