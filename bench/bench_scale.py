@@ -51,7 +51,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("IMCAP_CACHE", os.path.join(tempfile.gettempdir(), "imcap-bench-cache"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter, not ours
 
 import numpy as np
@@ -410,14 +409,18 @@ def bench_encoders(config: RunConfig, jpegs: list, repeats: int, tmp: Path):
         keras_model = build_keras_encoder(enc_config)
         inputs = preprocess(images, enc_config)
         for runtime in ("auto", "keras"):
-            encoder = Encoder(enc_config, keras_model=keras_model, runtime=runtime)
+            # Converted encoders go to the temporary folder: random weights differ every run,
+            # so a cache kept between runs would only grow.
+            encoder = Encoder(
+                enc_config, keras_model=keras_model, runtime=runtime, cache_dir=tmp / "encoders"
+            )
             info = encoder.prepare()
             progress(f"timing the {features} encoder, runtime {info.name}")
             seconds = median_seconds(lambda enc=encoder, x=inputs: enc.run(x), repeats)
             rate = batch / seconds
             note = "" if runtime == "keras" else f"auto picked {info.name}"
             if runtime == "auto" and not info.cached:
-                note += f" (converted once in {info.build_seconds:.0f} s)"
+                note += f" (converted in {info.build_seconds:.0f} s, once per encoder)"
             rows.append(
                 Row(
                     f"{base.architecture} {base.image_size} px, {features}, {info.name}",
