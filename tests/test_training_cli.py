@@ -15,7 +15,7 @@ import pytest
 from huggingface_hub import HfApi
 
 from imcap_hub import DecodeOptions, ImageCaptioner, load_image
-from training.__main__ import main
+from training.__main__ import EXAMPLES, main
 from training.evaluate import best_decoding
 from training.record import TrainRecord
 from training.run_config import RunConfig
@@ -278,7 +278,7 @@ def test_the_run_config_round_trips_through_json(tmp_path):
     assert changed.training.epochs == 7 and changed.dataset.synthetic["n_images"] == 12
 
 
-@pytest.mark.parametrize("name", ["flickr8k", "flickr8k-attention", "synthetic"])
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
 def test_example_configs_are_valid_run_configs(name):
     example = subprocess.run(
         [sys.executable, "-m", "training", "example-config", name],
@@ -290,9 +290,17 @@ def test_example_configs_are_valid_run_configs(name):
     )
     assert example.returncode == 0, example.stderr
     config = RunConfig.from_json(example.stdout)
-    if name.startswith("flickr8k"):
+    if name.startswith(("flickr8k", "coco")):
         assert config.model.encoder.architecture == "resnet50" and config.model.decoder.units == 512
-    if name == "flickr8k-attention":
+    if name.endswith("-attention"):
         model = config.captioner_config(100)
         assert (model.encoder.features, model.decoder.kind) == ("spatial", "attention")
         assert model.encoder.feature_shape == (7, 7, 2048) and model.decoder.attention_dim == 512
+    if name.startswith("coco"):
+        # Karpathy's file itself, not its folder (the zip's flickr files would be read too).
+        assert (config.dataset.layout, Path(config.dataset.path).name) == (
+            "coco",
+            "dataset_coco.json",
+        )
+        assert config.vocab.min_count == 5 and config.evaluation.split == "test"
+        assert config.evaluation.decodings == ["greedy", "beam-3"]

@@ -78,6 +78,67 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "evaluation": {"split": "test", "decodings": ["greedy", "beam-3"]},
         "publish": {"repo_id": None},
     },
+    # COCO 2014 with Karpathy's split (dataset_coco.json: 113,287 training images, "restval"
+    # included, 5,000 val, 5,000 test). The path names the file, not its folder: Karpathy's
+    # caption_datasets.zip also holds dataset_flickr8k.json and dataset_flickr30k.json, and a
+    # folder would read every dataset_*.json in it. The images go next to it as the file's
+    # filepath/filename say: data/coco/train2014/ and data/coco/val2014/ (COCO's 2014 zips).
+    # Show and Tell's sizes (embedding and LSTM 512). COCO's captions are short (about 10
+    # words on average, as commonly quoted): vocab.max_length 20 drops only the long tail from
+    # training, and prepare.json counts what it dropped (vocab.dropped_too_long).
+    "coco": {
+        "name": "resnet50-coco",
+        "dataset": {"name": "COCO", "path": "data/coco/dataset_coco.json", "layout": "coco"},
+        "vocab": {"min_count": 5, "max_length": 20},
+        "model": {
+            "encoder": {"architecture": "resnet50", "weights": "imagenet", "image_size": 224},
+            "decoder": {"embedding_dim": 512, "units": 512, "dropout": 0.5},
+        },
+        "features": {"batch_size": 32, "runtime": "auto"},
+        "training": {
+            "epochs": 20,
+            "batch_size": 64,
+            "learning_rate": 0.0005,
+            "clipnorm": 5.0,
+            "patience": 3,
+        },
+        "evaluation": {"split": "test", "decodings": ["greedy", "beam-3"]},
+        "publish": {"repo_id": None},
+    },
+    # The attention decoder on COCO: flickr8k-attention's model on coco's data. Its spatial
+    # feature cache is 7x7x2048 float32 per image: about 47 GB for the 118,287 train and val
+    # images (memory-mapped: read batch by batch, not held in memory).
+    "coco-attention": {
+        "name": "resnet50-attention-coco",
+        "dataset": {"name": "COCO", "path": "data/coco/dataset_coco.json", "layout": "coco"},
+        "vocab": {"min_count": 5, "max_length": 20},
+        "model": {
+            "encoder": {
+                "architecture": "resnet50",
+                "weights": "imagenet",
+                "image_size": 224,
+                "features": "spatial",
+            },
+            "decoder": {
+                "kind": "attention",
+                "embedding_dim": 512,
+                "units": 512,
+                "attention_dim": 512,
+                "dropout": 0.5,
+            },
+        },
+        "features": {"batch_size": 32, "runtime": "auto"},
+        "training": {
+            "epochs": 20,
+            "batch_size": 64,
+            "learning_rate": 0.0004,
+            "clipnorm": 5.0,
+            "patience": 3,
+            "attention_penalty": 0.1,
+        },
+        "evaluation": {"split": "test", "decodings": ["greedy", "beam-3"]},
+        "publish": {"repo_id": None},
+    },
     "synthetic": {
         "name": "shapes",
         "dataset": {
