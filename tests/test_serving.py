@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import imcap_hub
-from imcap_hub import ImcapError, serving
+from imcap_hub import ImcapError, images, inference, serving
 from imcap_hub.demo import DEMO_MODEL_DIR, demo_model_available
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -420,6 +420,29 @@ def test_caption_is_batched_and_matches_predict(service, image_files):
     expected = [imcap_hub.predict(service.loaded.model, p).text for p in (*good, good[0])]
     assert captions == expected and all(captions)
     assert list(service.batch_sizes) == [3]
+
+
+def test_caption_reads_each_image_the_validator_checked_once(service, image_files, monkeypatch):
+    good = image_files["good"]
+    expected = [imcap_hub.predict(service.loaded.model, p).text for p in good[:2]]
+    reads = []
+
+    def reading(image, limits=images.DEFAULT_LIMITS):
+        if not isinstance(image, np.ndarray):  # a file read and decoded
+            reads.append(image)
+        return images.load_image(image, limits)
+
+    for module in (serving, inference):  # the validator's reader and the model's
+        monkeypatch.setattr(module, "load_image", reading)
+    before = service.decoded_once
+    assert all(service.image_problem(upload(p)) is None for p in good[:2])
+    assert service.caption([upload(good[0]), upload(good[1])]) == expected
+    assert reads == [str(p) for p in good[:2]] and service.decoded_once == before + 2
+    # Not validated (a direct call), or pushed out of the bounded store: read from the file.
+    monkeypatch.setattr(service, "CHECKED_IMAGES", 1)
+    assert all(service.image_problem(upload(p)) is None for p in good[:2])
+    assert service.caption([upload(good[0]), upload(good[1])]) == expected
+    assert reads[-1] == str(good[0]) and service.decoded_once == before + 3
 
 
 @pytest.mark.parametrize(
