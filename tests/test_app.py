@@ -138,6 +138,22 @@ def test_bad_upload_is_refused_and_the_app_keeps_serving(client, image_files, py
     )
 
 
+def test_a_client_given_one_ssl_context_captions_as_the_readme_advises(app_server, image_files):
+    import ssl
+
+    from gradio_client import Client
+
+    # gradio_client 2.7 hands ssl_verify to httpx as `verify`: a context is loaded once.
+    fast = Client(app_server.url, verbose=False, ssl_verify=ssl.create_default_context())
+    good = image_files["good"][0]
+    try:
+        assert fast.predict(handle_file(good), api_name="/caption") == app_server.client().predict(
+            handle_file(good), api_name="/caption"
+        )
+    finally:
+        fast.close()
+
+
 def test_upload_over_max_file_size_is_refused(client, tmp_path, image_files, python_api):
     big = tmp_path / "big.png"
     big.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(app.MAX_UPLOAD_MB * 2**20 + 1024))
