@@ -12,11 +12,12 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from . import DecodeOptions, ImageCaptioner, ImcapError, predict_many, startup
+from . import DecodeOptions, ImageCaptioner, ImcapError, startup
 from .caption_files import format_rows, read_done, table_format
 from .encoder import RUNTIMES
 from .files import atomic_write
 from .inference import DECODINGS
+from .pipeline import caption_batches
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
@@ -222,9 +223,11 @@ def _caption(args: argparse.Namespace) -> int:
             _table(args.output, fmt) as append,
             _progress(len(todo), show_bar) as bar,
         ):
-            for batch in _batches(todo, args.batch_size):
+            batches = list(_batches(todo, args.batch_size))
+            captioned = caption_batches(model, batches, options)
+            for batch in batches:
                 with contextlib.redirect_stdout(sys.stderr):
-                    results = predict_many(model, batch, options)
+                    results = next(captioned)
                 if args.heatmaps:
                     _write_heatmaps(Path(args.heatmaps), batch, results, taken)
                 failed += _report(batch, results, args.json, append)

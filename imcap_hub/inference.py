@@ -266,6 +266,69 @@ def _to_caption(model: ImageCaptioner, hyp: Hypothesis) -> Caption:
     return Caption(join_words(words), round(hyp.score, 6), round(hyp.logprob, 6), words, maps)
 
 
+@dataclass
+class DecodedImages:
+    """Images read for one encoder call: ``pixels`` of the readable ones (indices ``good``),
+    and per image its error (None if readable) and the time reading it took."""
+
+    pixels: list[np.ndarray]
+    good: list[int]
+    errors: list[str | None]
+    load_ms: list[float]
+
+
+def read_images(
+    images: Sequence[ImageInput], limits: ImageLimits = DEFAULT_LIMITS
+) -> DecodedImages:
+    """Decode ``images``; a bad one gets its error, not raised."""
+    batch = DecodedImages([], [], [], [])
+    for i, image in enumerate(images):
+        start = time.perf_counter()
+        error = None
+        try:
+            batch.pixels.append(load_image(image, limits))
+            batch.good.append(i)
+        except ImcapError as e:
+            error = str(e)
+        batch.errors.append(error)
+        batch.load_ms.append((time.perf_counter() - start) * 1e3)
+    return batch
+
+
+def encode_images(model: ImageCaptioner, batch: DecodedImages) -> tuple[np.ndarray, float]:
+    """(features of ``batch``'s readable images, one encoder call; its ms)."""
+    start = time.perf_counter()
+    features = model.encoder.encode(batch.pixels) if batch.pixels else np.zeros((0,))
+    return features, (time.perf_counter() - start) * 1e3
+
+
+def caption_features(
+    model: ImageCaptioner,
+    batch: DecodedImages,
+    features: np.ndarray,
+    encode_ms: float,
+    options: Sequence[DecodeOptions],
+) -> list[list[Prediction]]:
+    """The captions of an encoded batch, once per set of options (see predict_decodings)."""
+    results = [[Prediction() for _ in batch.errors] for _ in options]
+    for per_option in results:
+        for prediction, error, load_ms in zip(per_option, batch.errors, batch.load_ms):
+            prediction.error = error
+            prediction.timings_ms["load"] = load_ms
+    for opts, per_option in zip(options, results):
+        for row, i in enumerate(batch.good):
+            start = time.perf_counter()
+            with single_threaded_blas():
+                hyps = search_features(model, features[row], opts)
+            per_option[i].captions = [_to_caption(model, h) for h in hyps]
+            timings = per_option[i].timings_ms
+            timings["encode"] = encode_ms / len(batch.good)
+            timings["decode"] = (time.perf_counter() - start) * 1e3
+            timings["total"] = timings["load"] + timings["encode"] + timings["decode"]
+            timings["batch_size"] = len(batch.good)
+    return results
+
+
 def predict_decodings(
     model: ImageCaptioner,
     images: Sequence[ImageInput],
@@ -279,38 +342,9 @@ def predict_decodings(
     """
     for opts in options:
         opts.validate(model.config)
-    results = [[Prediction() for _ in images] for _ in options]
-    decoded: list[np.ndarray] = []
-    good: list[int] = []
-    for i, image in enumerate(images):
-        start = time.perf_counter()
-        error = None
-        try:
-            decoded.append(load_image(image, limits))
-            good.append(i)
-        except ImcapError as e:
-            error = str(e)
-        load_ms = (time.perf_counter() - start) * 1e3
-        for per_option in results:
-            per_option[i].error = error
-            per_option[i].timings_ms["load"] = load_ms
-    if not good:
-        return results
-    start = time.perf_counter()
-    features = model.encoder.encode(decoded)
-    encode_ms = (time.perf_counter() - start) * 1e3
-    for opts, per_option in zip(options, results):
-        for row, i in enumerate(good):
-            start = time.perf_counter()
-            with single_threaded_blas():
-                hyps = search_features(model, features[row], opts)
-            per_option[i].captions = [_to_caption(model, h) for h in hyps]
-            timings = per_option[i].timings_ms
-            timings["encode"] = encode_ms / len(good)
-            timings["decode"] = (time.perf_counter() - start) * 1e3
-            timings["total"] = timings["load"] + timings["encode"] + timings["decode"]
-            timings["batch_size"] = len(good)
-    return results
+    batch = read_images(images, limits)
+    features, encode_ms = encode_images(model, batch)
+    return caption_features(model, batch, features, encode_ms, options)
 
 
 def predict_many(

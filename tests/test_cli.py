@@ -230,16 +230,16 @@ def _in_process(argv, capsys):
 def test_a_folder_goes_to_a_caption_table_and_a_rerun_resumes(
     folder, app_model_dir, tmp_path, capsys, monkeypatch, suffix
 ):
-    import imcap_hub.__main__ as cli
+    from imcap_hub import pipeline
 
     model = ImageCaptioner.from_pretrained(app_model_dir)
     table = tmp_path / f"captions{suffix}"
-    calls = []
-    predict_many = cli.predict_many
+    calls = []  # images per encoder call
+    encode = pipeline.encode_images
     monkeypatch.setattr(
-        cli,
-        "predict_many",
-        lambda m, batch, o: calls.append(len(batch)) or predict_many(m, batch, o),
+        pipeline,
+        "encode_images",
+        lambda m, batch: calls.append(len(batch.errors)) or encode(m, batch),
     )
     status, out, err = _in_process([folder, "--model", app_model_dir, "--output", table, "--batch-size", "2"], capsys)  # fmt: skip
     assert status == 1 and out == ""  # captions go to the table; one file is not an image
