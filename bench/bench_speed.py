@@ -1,0 +1,88 @@
+"""Every speed number of the README in one run: the benches below, one after another on the same
+machine, their tables printed under one header with the date and the machine.
+
+    python bench/bench_speed.py [--quick] > speed.md
+
+1. ``bench_inference.py``: encoder runtimes, greedy and beam-3 end to end at 34 words (their
+   ratio), the attention decoder against the pooled one;
+2. ``bench_fast_mode.py``: the fast runtimes on a trained ResNet50-sized model: encoder ms,
+   identical greedy captions and BLEU-4 against fp32;
+3. ``bench_round_trip.py``: one caller's ``/caption`` round trip, split;
+4. ``bench_folder.py``: folder throughput, exact and fast.
+
+Each bench takes its medians and side-by-side ratios within its own table; see each script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+BENCHES = [
+    (
+        "Encoder, greedy and beam, attention against pooled",
+        "bench_inference.py",
+        [],
+        ["--repeats", "5"],
+    ),
+    ("Fast mode: speed and accuracy on a trained model", "bench_fast_mode.py", [], ["--quick"]),
+    ("The app's round trip, one caller", "bench_round_trip.py", [], ["--requests", "5"]),
+    (
+        "Folder throughput",
+        "bench_folder.py",
+        ["--runtimes", "auto,fast"],
+        ["--images", "32", "--repeats", "1"],
+    ),
+]
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="few repeats: a smoke run, not numbers")
+    args = p.parse_args(argv)
+    start = time.time()
+    print(
+        f"# imcap speed, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n\n"
+        f"Machine: {os.cpu_count()} CPUs ({cpu_model()}), {platform.system()} "
+        f"{platform.release()}, Python {platform.python_version()}; no GPU used.\n"
+    )
+    failed = []
+    for title, script, always, quick in BENCHES:
+        print(f"## {title}\n\n`python bench/{script} {' '.join(always + (quick if args.quick else []))}`\n")  # fmt: skip
+        sys.stdout.flush()
+        t = time.time()
+        run = subprocess.run(
+            [sys.executable, str(HERE / script), *always, *(quick if args.quick else [])],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        print(run.stdout.strip() + "\n")
+        print(f"({script}: {time.time() - t:.0f} s)\n")
+        if run.returncode != 0:
+            failed.append(f"{script} exited {run.returncode}")
+    print(f"Whole run: {(time.time() - start) / 60:.1f} min.")
+    if failed:
+        print("FAILED: " + "; ".join(failed), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
