@@ -366,11 +366,40 @@ def _clip_after_all_reduce_adam():
     return ClipAfterAllReduceAdam
 
 
+def _use_global_batch_loss_tracker(model) -> None:
+    """Keras' ``loss`` metric, for more than one replica: each replica's loss weighted by the
+    rows of the *global* batch. Keras weights it by the replica's own rows, which gives the
+    one-device epoch loss only when every batch splits evenly between the replicas; a last
+    batch that does not (or that leaves a replica an empty piece) skewed ``loss`` and
+    ``val_loss``, so early stopping and the best epoch. Each replica's loss is its share of the
+    global batch's loss times the replicas (Keras' unscaling), so this weighting averages to the
+    one-device loss exactly."""
+    import keras
+    import tensorflow as tf
+    from keras.src.utils import tracking
+
+    class GlobalBatchMean(keras.metrics.Mean):
+        def update_state(self, values, sample_weight=None):
+            context = tf.distribute.get_replica_context()
+            if sample_weight is not None and context is not None:
+                sample_weight = context.all_reduce("SUM", tf.cast(sample_weight, tf.float32))
+            return super().update_state(values, sample_weight=sample_weight)
+
+    if not hasattr(model, "_loss_tracker"):
+        raise TrainingError(
+            f"training on several replicas does not know this Keras ({keras.__version__}): "
+            "it needs the trainer's _loss_tracker"
+        )
+    with tracking.DotNotTrackScope():  # as compile sets it: not one more metric of the model
+        model._loss_tracker = GlobalBatchMean(name="loss")
+
+
 def _compile(model, settings, total_steps: int = 1, replicas: int = 1) -> None:
     """Compile ``model`` with Adam, the masked cross-entropy and token accuracy. With more
     than one replica, :func:`_global_token_mean_loss` and :func:`_clip_after_all_reduce_adam`
-    make each step the one-device step; one device keeps Keras' own loss reduction and
-    clipping, so one-device runs retrain bit for bit as before."""
+    make each step the one-device step, and :func:`_use_global_batch_loss_tracker` its
+    reported loss; one device keeps Keras' own loss reduction, clipping and loss metric, so
+    one-device runs retrain bit for bit as before."""
     import keras
 
     learning_rate = settings.learning_rate
@@ -394,6 +423,8 @@ def _compile(model, settings, total_steps: int = 1, replicas: int = 1) -> None:
         loss=loss,
         weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="token_accuracy")],
     )
+    if replicas > 1:
+        _use_global_batch_loss_tracker(model)
 
 
 # --- training ---------------------------------------------------------------------------------
