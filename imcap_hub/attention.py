@@ -260,7 +260,11 @@ def _attention_lstm_class():
                     coverage = ops.sum(alpha * weight, axis=1)  # (B, L)
                 # In float32 whatever the layer computes in: Keras adds it to a float32 loss.
                 coverage = ops.cast(coverage, "float32")
-                self.add_loss(self.alpha_reg * ops.mean(ops.sum((1.0 - coverage) ** 2, axis=-1)))
+                penalty = ops.sum((1.0 - coverage) ** 2, axis=-1)  # (B,)
+                # A replica's piece of a batch can be empty (fewer rows than replicas): no
+                # penalty there, not the NaN mean of nothing (which made the loss NaN).
+                penalty = ops.where(ops.size(penalty) > 0, ops.mean(penalty), 0.0)
+                self.add_loss(self.alpha_reg * penalty)
             return deep, alpha
 
         def get_config(self):

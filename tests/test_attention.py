@@ -141,6 +141,14 @@ def test_the_doubly_stochastic_penalty_is_in_the_model_losses():
     assert not no_penalty.losses
 
 
+def test_the_penalty_of_an_empty_batch_is_zero_not_nan():
+    """Training on several replicas, a batch with fewer rows than replicas leaves a replica an
+    empty piece: its penalty is 0 (the mean of nothing was NaN, and so was the epoch's loss)."""
+    model = build_attention_training_model(attention_config(), seed=1, alpha_reg=0.7)
+    model([np.zeros((0, 4, 4, 16), "float32"), TOKENS[:0]])
+    assert [float(loss) for loss in model.losses] == [0.0]
+
+
 def test_fit_minimises_the_penalty_too():
     """fit's reported loss is the cross-entropy plus the penalty (lr 0: the weights stay put)."""
     import keras

@@ -1,7 +1,8 @@
 """Multi-worker training for real: two worker processes on 127.0.0.1 (MultiWorkerMirroredStrategy,
-TF_CONFIG, the training CLI) train a tiny synthetic end-to-end run; both finish with the same
-weights, only the chief keeps checkpoints, and the weights are those of one process with the
-same global batch (float rounding apart)."""
+TF_CONFIG, the training CLI) train a tiny synthetic run (cached features, or end to end); both
+finish with the same weights, each read only its share of the cache, only the chief keeps
+checkpoints, and the weights and losses are those of one process with the same global batch
+(float rounding apart), a last batch that leaves a worker nothing included."""
 
 from __future__ import annotations
 
@@ -100,10 +101,22 @@ def digest(output: str) -> str:
     return found[0]
 
 
-@pytest.mark.parametrize("kind", ["pooled", "attention"])
-def test_two_workers_train_like_one_process_with_the_same_global_batch(tmp_path, kind):
-    config = tiny_run(tmp_path, "flickr8k", train_encoder=True, kind=kind)
+@pytest.mark.parametrize(
+    ("kind", "train_encoder", "batch_size", "rows_read"),
+    [
+        # Cached features: 64 caption rows in batches of 63 and 1, so pieces of 32 and 31
+        # rows, then 1 and 0 (an empty batch on worker 1, through the model and all-reduce).
+        ("pooled", False, 63, [33, 31]),
+        # Images through the encoder (synchronised batch norm): 32 rows, batches of 16.
+        ("attention", True, 16, [16, 16]),
+    ],
+)
+def test_two_workers_train_like_one_process_with_the_same_global_batch(
+    tmp_path, kind, train_encoder, batch_size, rows_read
+):
+    config = tiny_run(tmp_path, "flickr8k", train_encoder=train_encoder, kind=kind)
     config["name"] = "multi"
+    config["training"]["batch_size"] = batch_size
     if kind == "attention":
         # With the doubly stochastic penalty on, two workers end 1e-3 away from one process
         # (encoder weights; 1e-5 decoder): of the order of the learning rate, see the README.
@@ -124,6 +137,11 @@ def test_two_workers_train_like_one_process_with_the_same_global_batch(tmp_path,
     chief, other = outputs
     assert "not the chief worker" in other and "model in" in chief
     assert digest(chief) == digest(other)  # both workers end with the same weights
+    # Each worker read its own rows of the cache, not all of them (validation: 8 rows, 4 + 4).
+    for index, (out, rows) in enumerate(zip(outputs, rows_read, strict=True)):
+        total = sum(rows_read)
+        line = f"worker-{index} read {rows} of {total} training rows and 4 of 8 validation rows"
+        assert out.count(line) == 2, out[-3000:]  # one line per epoch
 
     # Only the chief keeps checkpoints, and the other worker's are deleted.
     assert sorted(p.name for p in run.iterdir() if p.name.startswith("checkpoints")) == [

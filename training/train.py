@@ -15,6 +15,11 @@ Each batch is ``((x, input ids), target ids, sample weights)`` where the input i
 with id 0, and the sample weight is ``target != pad``. The loss is
 ``SparseCategoricalCrossentropy(from_logits=True)`` averaged over the real target tokens.
 
+With more than one replica (``MirroredStrategy``, ``MultiWorkerMirroredStrategy``), every
+global batch is split into one piece per replica (``np.array_split``), and each worker's input
+pipeline reads only its own replicas' pieces from the cache; the loss, the clipping and the
+reported loss are those of the global batch, so a step is the one-device step.
+
 Determinism: ``keras.utils.set_random_seed``, TF op determinism (switched on for the call and
 then left as it was found), and a data order that is a function of ``(seed, epoch)`` only. A
 checkpoint (``training.checkpoints``) holds every model variable (the dropout seed generators'
@@ -29,7 +34,9 @@ import json
 import math
 import shutil
 import tempfile
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -203,19 +210,96 @@ def _preprocess_tf(x, preprocessing: str):
     return x / tf.constant(255.0, tf.float32)
 
 
-def _fetch_fn(data: TrainData, split: Split):
-    """Batch of row ids -> (x, input ids, target ids, weights), trimmed to the longest caption."""
-    lengths = (split.tokens != 0).sum(axis=1)
+class RowReads:
+    """How many rows of the input cache this process's pipelines read: per training epoch,
+    and for validation since it was last taken. Counted in the fetch, which tf.data calls from
+    its own threads (hence the lock); prefetching counts a row under its own epoch."""
 
-    def fetch(rows: np.ndarray):
+    VAL = -1  # the epoch tag of validation batches
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._rows: Counter[int] = Counter()
+
+    def add(self, epoch: int, rows: int) -> None:
+        with self._lock:
+            self._rows[epoch] += rows
+
+    def take(self, epoch: int) -> tuple[int, int]:
+        """(training rows read for ``epoch``, validation rows read since the last take);
+        both are then forgotten."""
+        with self._lock:
+            return self._rows.pop(epoch, 0), self._rows.pop(self.VAL, 0)
+
+
+def _fetch_fn(data: TrainData, split: Split, reads: RowReads | None):
+    """(row ids, caption length, epoch) -> (x, input ids, target ids, weights): the rows read
+    from ``data.inputs`` (counted in ``reads`` under ``epoch``), their captions trimmed to
+    ``length`` tokens."""
+
+    def fetch(rows: np.ndarray, length: np.int32, epoch: np.int64):
         rows = np.asarray(rows, dtype=np.int64)
         x = np.asarray(data.inputs[split.image_rows[rows]])
-        n = max(int(lengths[rows].max()), 2)
-        tokens = split.tokens[rows, :n]
+        if reads is not None:  # a count on the side: the outputs depend on the inputs only
+            reads.add(int(epoch), len(rows))
+        tokens = split.tokens[rows, : int(length)]
         targets = tokens[:, 1:]
         return x, tokens[:, :-1], targets, (targets != 0).astype(np.float32)
 
     return fetch
+
+
+def _row_batches(split: Split, batch_size: int, orders: np.ndarray | None, first_epoch: int):
+    """A ``tf.data.Dataset`` of ``(row ids, caption length, epoch)``, one per global batch.
+
+    ``orders``: (epochs, n) row orders, one epoch after another, each batched on its own
+    (epoch: ``first_epoch`` + its index); ``None``: every row of ``split`` once, in order
+    (validation, epoch :attr:`RowReads.VAL`). The length (at least 2) is the batch's longest
+    caption: every piece of a batch split between replicas is trimmed to it, as the batch is.
+    """
+    import tensorflow as tf
+
+    if orders is None:
+        ds = tf.data.Dataset.range(len(split)).batch(batch_size)
+        ds = ds.map(lambda rows: (rows, tf.constant(RowReads.VAL, tf.int64)))
+    else:
+        table = tf.constant(orders, dtype=tf.int64)
+
+        def epoch_batches(e):
+            batches = tf.data.Dataset.from_tensor_slices(tf.gather(table, e)).batch(batch_size)
+            return batches.map(lambda rows: (rows, e + first_epoch))
+
+        ds = tf.data.Dataset.range(orders.shape[0]).flat_map(epoch_batches)
+    lengths = tf.constant((split.tokens != 0).sum(axis=1), dtype=tf.int32)
+
+    def with_length(rows, epoch):
+        return rows, tf.maximum(tf.reduce_max(tf.gather(lengths, rows)), 2), epoch
+
+    return ds.map(with_length)
+
+
+def _replica_pieces(batches, replicas: int, first: int, count: int):
+    """Each global batch of :func:`_row_batches` -> ``count`` elements: the pieces of
+    replicas ``first`` .. ``first + count - 1`` of ``np.array_split(rows, replicas)``.
+
+    The first ``len(rows) % replicas`` pieces are one row longer; a batch with fewer rows than
+    replicas leaves the last pieces empty. Every input pipeline yields ``count`` elements per
+    batch, so all take the same number of steps (a worker short of steps would hang the
+    others' all-reduce), and the pieces of all pipelines are the batch, in order.
+    """
+    import tensorflow as tf
+
+    def pieces(rows, length, epoch):
+        size = tf.size(rows, out_type=tf.int64)
+        base, extra = size // replicas, size % replicas
+        ids = tf.range(first, first + count, dtype=tf.int64)
+        starts = ids * base + tf.minimum(ids, extra)
+        ends = starts + base + tf.cast(ids < extra, tf.int64)
+        return tf.data.Dataset.from_tensor_slices((starts, ends)).map(
+            lambda start, end: (rows[start:end], length, epoch)
+        )
+
+    return batches.flat_map(pieces)
 
 
 def make_dataset(
@@ -224,28 +308,36 @@ def make_dataset(
     batch_size: int,
     orders: np.ndarray | None,
     preprocessing: str,
+    *,
+    input_context=None,
+    first_epoch: int = 0,
+    reads: RowReads | None = None,
 ):
     """A ``tf.data.Dataset`` of ``((x, input ids), target ids, sample weights)`` batches.
 
     ``orders``: (epochs, n) row orders, one epoch after another, each epoch batched on its
-    own; ``None``: every row of ``split`` once, in order (validation).
+    own (the first is epoch ``first_epoch``); ``None``: every row of ``split`` once, in order
+    (validation). ``batch_size`` is the global batch. ``input_context``: a
+    ``tf.distribute.InputContext`` (``strategy.distribute_datasets_from_function``): the
+    dataset of that input pipeline, which reads only its replicas' pieces of every batch
+    (:func:`_replica_pieces`), one element per replica. ``reads`` counts the rows read.
     """
     import tensorflow as tf
 
-    if orders is None:
-        ds = tf.data.Dataset.range(len(split)).batch(batch_size)
-    else:
-        table = tf.constant(orders, dtype=tf.int64)
-        ds = tf.data.Dataset.range(orders.shape[0]).flat_map(
-            lambda e: tf.data.Dataset.from_tensor_slices(tf.gather(table, e)).batch(batch_size)
-        )
-    fetch = _fetch_fn(data, split)
+    ds = _row_batches(split, batch_size, orders, first_epoch)
+    if input_context is not None:
+        replicas = input_context.num_replicas_in_sync
+        local, uneven = divmod(replicas, input_context.num_input_pipelines)
+        if uneven:
+            raise TrainingError(f"{replicas} replicas do not split between the input pipelines")
+        ds = _replica_pieces(ds, replicas, input_context.input_pipeline_id * local, local)
+    fetch = _fetch_fn(data, split, reads)
     x_dtype = tf.uint8 if data.images else tf.float32
     x_shape = [None, *data.inputs.shape[1:]]
 
-    def load(rows):
+    def load(rows, length, epoch):
         x, inputs, targets, weights = tf.numpy_function(
-            fetch, [rows], [x_dtype, tf.int32, tf.int32, tf.float32], stateful=False
+            fetch, [rows, length, epoch], [x_dtype, tf.int32, tf.int32, tf.float32], stateful=False
         )
         x.set_shape(x_shape)
         inputs.set_shape([None, None])
@@ -257,7 +349,6 @@ def make_dataset(
 
     options = tf.data.Options()
     options.deterministic = True
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return ds.map(load).prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
@@ -366,11 +457,40 @@ def _clip_after_all_reduce_adam():
     return ClipAfterAllReduceAdam
 
 
+def _use_global_batch_loss_tracker(model) -> None:
+    """Keras' ``loss`` metric, for more than one replica: each replica's loss weighted by the
+    rows of the *global* batch. Keras weights it by the replica's own rows, which gives the
+    one-device epoch loss only when every batch splits evenly between the replicas; a last
+    batch that does not (or that leaves a replica an empty piece) skewed ``loss`` and
+    ``val_loss``, so early stopping and the best epoch. Each replica's loss is its share of the
+    global batch's loss times the replicas (Keras' unscaling), so this weighting averages to the
+    one-device loss exactly."""
+    import keras
+    import tensorflow as tf
+    from keras.src.utils import tracking
+
+    class GlobalBatchMean(keras.metrics.Mean):
+        def update_state(self, values, sample_weight=None):
+            context = tf.distribute.get_replica_context()
+            if sample_weight is not None and context is not None:
+                sample_weight = context.all_reduce("SUM", tf.cast(sample_weight, tf.float32))
+            return super().update_state(values, sample_weight=sample_weight)
+
+    if not hasattr(model, "_loss_tracker"):
+        raise TrainingError(
+            f"training on several replicas does not know this Keras ({keras.__version__}): "
+            "it needs the trainer's _loss_tracker"
+        )
+    with tracking.DotNotTrackScope():  # as compile sets it: not one more metric of the model
+        model._loss_tracker = GlobalBatchMean(name="loss")
+
+
 def _compile(model, settings, total_steps: int = 1, replicas: int = 1) -> None:
     """Compile ``model`` with Adam, the masked cross-entropy and token accuracy. With more
     than one replica, :func:`_global_token_mean_loss` and :func:`_clip_after_all_reduce_adam`
-    make each step the one-device step; one device keeps Keras' own loss reduction and
-    clipping, so one-device runs retrain bit for bit as before."""
+    make each step the one-device step, and :func:`_use_global_batch_loss_tracker` its
+    reported loss; one device keeps Keras' own loss reduction, clipping and loss metric, so
+    one-device runs retrain bit for bit as before."""
     import keras
 
     learning_rate = settings.learning_rate
@@ -394,6 +514,8 @@ def _compile(model, settings, total_steps: int = 1, replicas: int = 1) -> None:
         loss=loss,
         weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="token_accuracy")],
     )
+    if replicas > 1:
+        _use_global_batch_loss_tracker(model)
 
 
 # --- training ---------------------------------------------------------------------------------
@@ -521,9 +643,10 @@ def fit(
                 if resumed_from:
                     restore(models.train, checkpoints, resumed_from)
                     log(f"resuming after epoch {resumed_from} from {checkpoints}")
-            fixes = keras_multiworker_fixes if multiworker else _no_fixes
+            fixes = keras_distributed_fixes if multiworker or replicas > 1 else _no_fixes
             if state.epoch < settings.epochs and not state.stopped_early:
-                train_ds, val_ds = _datasets(config, data, settings, seed, state)
+                reads = RowReads() if multiworker and replicas > 1 else None
+                train_ds, val_ds = _datasets(config, data, settings, seed, state, strategy, reads)
                 with fixes(models.train, strategy):
                     models.train.fit(
                         train_ds,
@@ -531,6 +654,7 @@ def fit(
                         initial_epoch=state.epoch,
                         steps_per_epoch=steps,
                         validation_data=val_ds,
+                        validation_steps=_validation_steps(data, settings, replicas, val_ds),
                         callbacks=[
                             # Keras would append its progress bar last: it would finish each epoch's
                             # bar after the checkpointer's epoch line, which then ended up mid-bar.
@@ -539,6 +663,7 @@ def fit(
                             make_checkpointer(
                                 own, state, models, settings, log if chief else _quiet
                             ),
+                            *([_reads_logger(reads, worker, data, seed, log)] if reads else []),
                             *callbacks,
                         ],
                         verbose=verbose if chief else 0,
@@ -604,20 +729,24 @@ def _check_workers_agree(strategy, resumed_from: int, checkpoints: Path) -> None
 
 
 @contextmanager
-def keras_multiworker_fixes(model, strategy) -> Iterator[None]:
-    """Keras 3's ``fit`` under ``MultiWorkerMirroredStrategy`` with more than one worker,
-    made to work. Two places of its TensorFlow trainer reduce over the workers with calls
-    that ``tf.distribute`` refuses:
+def keras_distributed_fixes(model, strategy) -> Iterator[None]:
+    """Keras 3's ``fit`` on more than one replica, made to work with :func:`_datasets`'
+    inputs. Two places of its TensorFlow trainer:
 
-    - before the first step (``_maybe_symbolic_build``) it averages the first distributed
-      batch over the replicas with ``strategy.reduce``, only to learn its shapes; that takes
-      one distributed value, not a nest of them, and fails with ``ValueError: Attempt to
-      convert a value (PerReplica:{...}) ... to a Tensor``. Here the loss and metric state is
-      built from this worker's own replica batch, which has the same shapes;
-    - after every step (``reduce_per_replica``) it averages the replicas' metric results
-      with ``strategy.reduce("MEAN", v, axis=0)``, and the results are scalars: ``Invalid
-      reduction dimension 0``. Here they are averaged with ``axis=None``: the mean of the
-      replicas' results, what Keras reports on one worker with several devices.
+    - before the first step and before every evaluation (``_maybe_symbolic_build``) it pulls
+      a distributed batch from the input, only to learn its shapes, and averages it over the
+      replicas with ``strategy.reduce``. Under ``MultiWorkerMirroredStrategy`` that fails
+      (``ValueError: Attempt to convert a value (PerReplica:{...}) ... to a Tensor``: it
+      takes one distributed value, not a nest of them); under ``MirroredStrategy`` with
+      ``validation_steps`` it pulls from the last evaluation's spent iterator
+      (``StopIteration``); and the batch it pulls is read from the cache for nothing. Here
+      the loss and metric state is built from the shapes of one replica's batch in the
+      input's element spec, which reads nothing;
+    - under ``MultiWorkerMirroredStrategy``, after every step (``reduce_per_replica``) it
+      averages the replicas' metric results with ``strategy.reduce("MEAN", v, axis=0)``, and
+      the results are scalars: ``Invalid reduction dimension 0``. Here they are averaged with
+      ``axis=None``: the mean of the replicas' results, what Keras reports on one worker with
+      several devices.
 
     Inside the block only; the training step itself (gradients all-reduced by the optimizer)
     is Keras' and TensorFlow's own.
@@ -629,22 +758,18 @@ def keras_multiworker_fixes(model, strategy) -> Iterator[None]:
     original = getattr(tf_trainer, "reduce_per_replica", None)
     if original is None or not hasattr(model, "_symbolic_build"):
         raise TrainingError(
-            f"multi-worker training does not know this Keras ({keras.__version__}): it "
-            "needs Keras 3's TensorFlow trainer (reduce_per_replica, _symbolic_build)"
+            f"training on several replicas does not know this Keras ({keras.__version__}): "
+            "it needs Keras 3's TensorFlow trainer (reduce_per_replica, _symbolic_build)"
         )
 
-    def local(value):
-        if isinstance(value, tf.distribute.DistributedValues):
-            return strategy.experimental_local_results(value)[0]
-        return value
+    def local_spec(spec):
+        return tf.nest.flatten(spec, expand_composites=True)[0]  # a PerReplicaSpec's first
 
     def symbolic_build(iterator=None, data_batch=None):
         if iterator is not None:
-            for _, _, batches in iterator:
-                data_batch = next(batches)
-                break
+            data_batch = iterator.data_adapter.get_tf_dataset().element_spec
         with strategy.scope():
-            model._symbolic_build(data_batch=tf.nest.map_structure(local, data_batch))
+            model._symbolic_build(data_batch=tf.nest.map_structure(local_spec, data_batch))
 
     def reduce_per_replica(values, strategy_, reduction="auto"):
         if reduction in ("auto", "mean") and _is_multiworker(strategy_):
@@ -665,15 +790,68 @@ def _steps(data: TrainData, settings, seed: int) -> int:
     return math.ceil(len(epoch_order(data, seed, 0)) / settings.batch_size)
 
 
-def _datasets(config: CaptionerConfig, data: TrainData, settings, seed: int, state: RunState):
-    """(train, val or None) datasets for the epochs after ``state.epoch``."""
-    orders = [epoch_order(data, seed, e) for e in range(state.epoch, settings.epochs)]
-    preprocessing = config.encoder.preprocessing
-    train = make_dataset(data, data.train, settings.batch_size, np.stack(orders), preprocessing)
-    val = None
-    if state.monitor == "val_loss":
-        val = make_dataset(data, data.val, settings.batch_size, None, preprocessing)
-    return train, val
+def _datasets(
+    config: CaptionerConfig,
+    data: TrainData,
+    settings,
+    seed: int,
+    state: RunState,
+    strategy,
+    reads: RowReads | None = None,
+):
+    """(train, val or None) inputs for the epochs after ``state.epoch``. With more than one
+    replica, ``strategy.distribute_datasets_from_function`` builds each worker's pipeline,
+    which reads only its replicas' rows (else every worker would read every row of the cache
+    and keep its share); one replica keeps the plain dataset."""
+    orders = np.stack([epoch_order(data, seed, e) for e in range(state.epoch, settings.epochs)])
+
+    def inputs(split: Split, split_orders: np.ndarray | None):
+        def dataset(input_context=None):
+            return make_dataset(
+                data,
+                split,
+                settings.batch_size,
+                split_orders,
+                config.encoder.preprocessing,
+                input_context=input_context,
+                first_epoch=state.epoch,
+                reads=reads,
+            )
+
+        if strategy.num_replicas_in_sync > 1:
+            return strategy.distribute_datasets_from_function(dataset)
+        return dataset()
+
+    val = inputs(data.val, None) if state.monitor == "val_loss" else None
+    return inputs(data.train, orders), val
+
+
+def _validation_steps(data: TrainData, settings, replicas: int, val) -> int | None:
+    """Batches of one validation pass, for the inputs of more than one replica: Keras cannot
+    count theirs (it would run each pass until the input ends, and warn that it ran out of
+    data). One replica: None, Keras counts the plain dataset's batches as it always has."""
+    if replicas == 1 or val is None:
+        return None
+    return math.ceil(len(data.val) / settings.batch_size)
+
+
+def _reads_logger(reads: RowReads, worker: str, data: TrainData, seed: int, log):
+    """The Keras callback that says after every epoch how many rows of the cache this worker
+    read: its share, not all of them."""
+    import keras
+
+    train_rows = len(epoch_order(data, seed, 0))
+    val_rows = len(data.val) if data.val is not None else 0
+
+    class ReadsLogger(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            train, val = reads.take(epoch)
+            line = f"{worker} read {train} of {train_rows} training rows"
+            if val:
+                line += f" and {val} of {val_rows} validation rows"
+            log(line + " this epoch")
+
+    return ReadsLogger()
 
 
 def _result(
