@@ -28,6 +28,7 @@ import numpy as np
 
 from .config import CaptionerConfig, ConfigError
 from .decoder import check_weights, log_softmax, lstm_update, sigmoid
+from .matmul import ConstantMatmul
 from .startup import import_keras
 from .vocab import Vocabulary
 
@@ -399,6 +400,9 @@ class AttentionStepDecoder:
             )
         )  # (U, E + A + 1 + 4U)
         self.out_kernel, self.out_bias = w["logits/kernel"], w["logits/bias"]
+        # Beams multiply several rows at once: see matmul.py for why not numpy's gemm.
+        self.hidden_matmul = ConstantMatmul(self.hidden_kernel)
+        self.out_matmul = ConstantMatmul(self.out_kernel)
 
     def init_state(self, features: np.ndarray) -> AttentionState:
         """Features (N, H, W, C) -> the state, each array with N rows; W_a a is computed here."""
@@ -432,9 +436,9 @@ class AttentionStepDecoder:
         from_token = self.token_table[tokens]
         gates = from_token[:, : 4 * u] + from_z[:, : 4 * u] + recurrent[:, att + 1 :]
         h, c = lstm_update(gates, c, u)
-        from_h = h @ self.hidden_kernel
+        from_h = self.hidden_matmul(h)
         deep = from_token[:, 4 * u :] + from_z[:, 4 * u :] + from_h[:, :e]
-        logits = deep @ self.out_kernel + self.out_bias
+        logits = self.out_matmul(deep) + self.out_bias
         return logits, (context, projected, h, c, from_h[:, e:], alpha)
 
     @staticmethod

@@ -23,6 +23,7 @@ import numpy as np
 from .config import CaptionerConfig
 from .errors import ImcapError
 from .files import load_tensors, save_tensors
+from .matmul import ConstantMatmul
 from .startup import import_keras
 
 # (h, c, h @ recurrent_kernel): the last is carried so each step needs one matmul.
@@ -272,6 +273,8 @@ class StepDecoder:
         self.out_kernel, self.out_bias = w["logits/kernel"], w["logits/bias"]
         # h feeds both the output layer and the next step's recurrence: one matmul for both.
         self.fused = np.ascontiguousarray(np.concatenate([self.out_kernel, self.recurrent], axis=1))
+        # Beams multiply several rows of h at once: see matmul.py for why not numpy's gemm.
+        self.fused_matmul = ConstantMatmul(self.fused)
         self.vocab_size = self.out_kernel.shape[1]
 
     def init_state(self, features: np.ndarray) -> State:
@@ -285,7 +288,7 @@ class StepDecoder:
         """Tokens (N,) and state -> logits (N, V) for the next token, and the new state."""
         _, c, h_recurrent = state
         h, c = lstm_update(self.input_table[tokens] + h_recurrent, c, self.units)
-        out = h @ self.fused
+        out = self.fused_matmul(h)
         return out[:, : self.vocab_size] + self.out_bias, (h, c, out[:, self.vocab_size :])
 
     def step(self, tokens: np.ndarray, state: State) -> tuple[np.ndarray, State]:
