@@ -420,6 +420,12 @@ class AttentionStepDecoder:
         context = a @ self.context_kernel
         recurrent = (h @ self.hidden_kernel)[:, self.embedding_dim :]
         alpha = np.zeros(a.shape[:2], dtype=np.float32)  # no step taken yet
+        if n == 1:
+            # One image (as predict searches): the per-image tables as a row repeated (stride
+            # 0), which search's state gathers keep as views; beams then share one copy instead
+            # of copying 1.6 MB per step.
+            context = np.broadcast_to(context[0], context.shape)
+            projected = np.broadcast_to(projected[0], projected.shape)
         return context, projected, h, c, recurrent, alpha
 
     def step_logits(

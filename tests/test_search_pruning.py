@@ -8,8 +8,10 @@ entry of the (beams x V) totals ranked, every row masked, every array copied.
 
 import numpy as np
 import pytest
+from helpers import tiny_attention_config
 
-from imcap_hub.decoder import log_softmax
+from imcap_hub.attention import AttentionStepDecoder
+from imcap_hub.decoder import expected_shapes, log_softmax
 from imcap_hub.search import Hypothesis, _take, beam_search, greedy, normalised
 
 START, END = 1, 2
@@ -126,3 +128,28 @@ def test_take_gathers_repeated_rows_as_views():
         np.testing.assert_array_equal(gathered, table[idx])
         assert np.shares_memory(gathered, table) and gathered.strides[0] == 0
         np.testing.assert_array_equal(rows, plain[: len(idx)][idx])
+
+
+def test_attention_tables_shared_by_the_beams_give_the_same_captions_as_copies():
+    config = tiny_attention_config()
+    rng = np.random.default_rng(5)
+    weights = {
+        n: rng.normal(0, 0.5, s).astype("float32") for n, s in expected_shapes(config).items()
+    }
+    decoder = AttentionStepDecoder(weights, config)
+    search = {"start_id": START, "end_id": END, "max_length": 7, "banned": BANNED}
+    record = {"attention": decoder.attention}
+    for image in rng.normal(size=(3, 1, 4, 4, 12)).astype("float32"):
+        shared = decoder.init_state(image)
+        assert shared[0].strides[0] == 0 and shared[1].strides[0] == 0
+        copied = tuple(np.ascontiguousarray(s) for s in shared)
+        for run in (
+            lambda state: beam_search(
+                decoder.step, state, beam_size=3, num_results=3, **search, **record
+            ),
+            lambda state: greedy(decoder.step, state, **search, **record),
+        ):
+            a, b = run(shared), run(copied)
+            assert a == b
+            for ha, hb in zip(a, b):
+                np.testing.assert_array_equal(ha.attention, hb.attention)
