@@ -91,7 +91,8 @@ def attention_step(dec, tokens: np.ndarray, state: tuple, laps: Laps):
     laps.steps += 1
     context, projected, _, c, recurrent, _ = state
     e, u, att = dec.embedding_dim, dec.units, dec.attention_dim
-    scores = np.tanh(projected + recurrent[:, None, :att]) @ dec.score
+    scores = projected + recurrent[:, None, :att]
+    scores = np.tanh(scores, out=scores) @ dec.score
     laps("step: attention scores tanh(W_a a + W_h h) w (49 x 512)")
     alpha = np.exp(scores - scores.max(axis=1, keepdims=True))
     alpha /= alpha.sum(axis=1, keepdims=True)

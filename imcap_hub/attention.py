@@ -434,7 +434,10 @@ class AttentionStepDecoder:
         """Tokens (N,) and state -> logits (N, V) for the next token, and the new state."""
         context, projected, _, c, recurrent, _ = state
         e, u, att = self.embedding_dim, self.units, self.attention_dim
-        scores = np.tanh(projected + recurrent[:, None, :att]) @ self.score  # (N, L)
+        scores = projected + recurrent[:, None, :att]  # (N, L, A)
+        # In place: a fresh (N, L, A) output (300 kB for 3 beams) is allocated page by page
+        # on every step; tanh into it took twice as long as tanh in place (measured).
+        scores = np.tanh(scores, out=scores) @ self.score  # (N, L)
         alpha = np.exp(scores - scores.max(axis=1, keepdims=True))
         alpha /= alpha.sum(axis=1, keepdims=True)
         beta = sigmoid(recurrent[:, att : att + 1] + self.beta_bias)  # (N, 1)
