@@ -40,7 +40,7 @@ from bench_inference import build_model, interleaved_times, jpeg_bytes
 
 import imcap_hub.search as search_module
 from imcap_hub import DecodeOptions, inference, predict
-from imcap_hub.decoder import log_softmax, lstm_update, sigmoid
+from imcap_hub.decoder import log_softmax, lstm_update, lstm_update_sigmoids_first, sigmoid
 from imcap_hub.images import load_image
 from imcap_hub.inference import single_threaded_blas
 from imcap_hub.matmul import ConstantMatmul
@@ -76,7 +76,7 @@ def pooled_step(dec, tokens: np.ndarray, state: tuple, laps: Laps):
     _, c, h_recurrent = state
     x = dec.input_table[tokens] + h_recurrent
     laps("step: token row + recurrent sum")
-    h, c = lstm_update(x, c, dec.units)
+    h, c = lstm_update_sigmoids_first(x, c, dec.units)
     laps("step: LSTM cell (elementwise)")
     out = dec.fused_matmul(h)
     laps("step: matmul h @ [logits | recurrent] (512 x 5048)")
