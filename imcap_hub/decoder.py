@@ -238,11 +238,10 @@ def random_weights(config: CaptionerConfig, seed: int = 0) -> dict[str, np.ndarr
 
 def lstm_update(gates: np.ndarray, c: np.ndarray, units: int) -> tuple[np.ndarray, np.ndarray]:
     """One LSTM cell update from its pre-activations (Keras gate order i, f, c, o): (h, c)."""
-    i = sigmoid(gates[:, :units])
-    f = sigmoid(gates[:, units : 2 * units])
+    i_f = sigmoid(gates[:, : 2 * units])  # i and f side by side: one call for both
     g = np.tanh(gates[:, 2 * units : 3 * units])
     o = sigmoid(gates[:, 3 * units :])
-    c = f * c + i * g
+    c = i_f[:, units:] * c + i_f[:, :units] * g
     return o * np.tanh(c), c
 
 
