@@ -160,12 +160,12 @@ def timed_beam_search(
         laps("search: top-k, argpartition per row (N x V)")
         values = np.take_along_axis(lp, top, axis=1)
         candidates = [
-            (-(b + v), row, t)
+            (-total, row, t)
             for row, (b, row_tokens, row_values) in enumerate(
                 zip(beam_lp, top.tolist(), values.tolist())
             )
             for t, v in zip(row_tokens, row_values)
-            if t not in banned_set and math.isfinite(b + v)
+            if t not in banned_set and math.isfinite(total := b + v)
         ]
         candidates.sort()
         best = candidates[:k]

@@ -94,12 +94,12 @@ def _best_continuations(
     values = np.take_along_axis(lp, tokens, axis=1)
     # A handful of candidates: plain Python ranks them faster than more numpy calls would.
     candidates = [
-        (-(b + v), row, t)
+        (-total, row, t)
         for row, (b, row_tokens, row_values) in enumerate(
             zip(beam_lp, tokens.tolist(), values.tolist())
         )
         for t, v in zip(row_tokens, row_values)
-        if t not in banned and math.isfinite(b + v)
+        if t not in banned and math.isfinite(total := b + v)
     ]
     candidates.sort()
     return candidates[:k]
