@@ -13,7 +13,8 @@ words), both decoder kinds. Three parts:
    summed time per caption, in ms.
 2. The check: the searches, decoders and ``log_softmax`` of ``--before`` (read with
    ``git show``) against this tree's, on several images and settings: same tokens, scores
-   within float32 rounding, same attention maps.
+   within float32 rounding (bit for bit up to 3 beams here; from 4 rows on, ONNX Runtime and
+   one-thread OpenBLAS sum some products in another order), same attention maps.
 3. End to end (JPEG bytes -> text, ``predict``), before and after, all variants round-robin.
 """
 
@@ -425,7 +426,7 @@ def check_against_before(models: dict, before: dict[str, ModuleType], n_images: 
                     where = f"{kind}, logits x{logit_scale}, <end> bias {end_bias}, {label}"
                     assert [h.token_ids for h in a] == [h.token_ids for h in b], where
                     for ha, hb in zip(a, b):
-                        np.testing.assert_allclose(ha.score, hb.score, rtol=1e-6, err_msg=where)
+                        np.testing.assert_allclose(ha.score, hb.score, rtol=1e-5, err_msg=where)
                         worst = max(worst, abs(ha.logprob - hb.logprob) / abs(hb.logprob))
                         lengths.add(len(ha.token_ids))
                         if ha.attention is not None:
