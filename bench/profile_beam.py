@@ -468,26 +468,51 @@ def numpy_rows(model):
 
 def end_to_end(
     models: dict, before: dict[str, ModuleType], data: bytes, repeats: int
-) -> dict[tuple[str, str, str], list[float]]:
+) -> tuple[dict, dict]:
+    """Every run's ms, end to end and decoding only (predict's own "decode" timing: the search
+    and the captions), keyed (decoder kind, decoding, variant); all variants round-robin."""
     options = {"greedy": DecodeOptions(decoding="greedy"), "beam-3": DecodeOptions(beam_size=3)}
-    fns = {}
+    variants = {}
     for kind, model in models.items():
         old = copy.copy(model)
         old.decoder = before_decoder(model, before)
-
-        def run_before(m=old, o=None):
-            with searches_of(before["search"]):
-                return predict(m, data, o)
-
         for name, opts in options.items():
-            fns[(kind, name, "before")] = lambda run=run_before, o=opts: run(o=o)
-            fns[(kind, name, "after")] = lambda m=model, o=opts: predict(m, data, o)
-        fallback, beam = numpy_rows(model), options["beam-3"]
-        fns[(kind, "beam-3", "numpy rows")] = lambda m=fallback, o=beam: predict(m, data, o)
+            variants[(kind, name, "before")] = (old, opts, before["search"])
+            variants[(kind, name, "after")] = (model, opts, None)
+        variants[(kind, "beam-3", "numpy rows")] = (numpy_rows(model), options["beam-3"], None)
+    decode: dict[tuple, list[float]] = {key: [] for key in variants}
+
+    def caption(key):
+        model, opts, searches = variants[key]
+        with searches_of(searches) if searches else contextlib.nullcontext():
+            prediction = predict(model, data, opts)
+        decode[key].append(prediction.timings_ms["decode"])
+        return prediction.text
+
+    fns = {key: (lambda key=key: caption(key)) for key in variants}
     for key, fn in fns.items():  # the same captions every way
-        if key[2] != "before":
-            assert fn().text == fns[(*key[:2], "before")]().text, key
-    return interleaved_times(fns, repeats)
+        assert fn() == fns[(*key[:2], "before")](), key
+    total = interleaved_times(fns, repeats)
+    return total, {key: times[-repeats:] for key, times in decode.items()}
+
+
+def print_end_to_end(times: dict, kinds, title: str) -> None:
+    print(f"\n{title}\n")
+    print(
+        "| decoder | greedy before | greedy after | beam-3 before | beam-3 after "
+        "| beam-3 after, numpy rows | beam-3 / greedy before | after | after, numpy rows |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for stat, label in ((statistics.median, "median"), (min, "fastest")):
+        for kind in kinds:
+            g0, g1 = (stat(times[(kind, "greedy", side)]) for side in ("before", "after"))
+            b0, b1, bn = (
+                stat(times[(kind, "beam-3", s)]) for s in ("before", "after", "numpy rows")
+            )
+            print(
+                f"| {kind}, {label} | {g0:.1f} | {g1:.1f} | {b0:.1f} | {b1:.1f} | {bn:.1f} "
+                f"| {b0 / g0:.2f}x | {b1 / g1:.2f}x | {bn / g1:.2f}x |"
+            )
 
 
 def main() -> None:
@@ -524,21 +549,10 @@ def main() -> None:
         f"\ncheck against {args.before}: {check_against_before(models, before, args.check_images)}"
     )
 
-    e2e = end_to_end(models, before, data, args.repeats)
-    print(f"\nend to end, JPEG bytes -> text, {args.max_length} words, before = {args.before}\n")
-    print(
-        "| decoder | greedy before | greedy after | beam-3 before | beam-3 after "
-        "| beam-3 after, numpy rows | beam-3 / greedy before | after | after, numpy rows |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for stat, label in ((statistics.median, "median"), (min, "fastest")):
-        for kind in models:
-            g0, g1 = (stat(e2e[(kind, "greedy", side)]) for side in ("before", "after"))
-            b0, b1, bn = (stat(e2e[(kind, "beam-3", s)]) for s in ("before", "after", "numpy rows"))
-            print(
-                f"| {kind}, {label} | {g0:.1f} | {g1:.1f} | {b0:.1f} | {b1:.1f} | {bn:.1f} "
-                f"| {b0 / g0:.2f}x | {b1 / g1:.2f}x | {bn / g1:.2f}x |"
-            )
+    total, decode = end_to_end(models, before, data, args.repeats)
+    words = f"{args.max_length} words, before = {args.before}, ms"
+    print_end_to_end(total, models, f"end to end, JPEG bytes -> text, {words}")
+    print_end_to_end(decode, models, f"decoding only, in the same predict() calls, {words}")
     print(f"\nload average at end {os.getloadavg()[0]:.1f}")
 
 
