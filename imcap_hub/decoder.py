@@ -26,8 +26,8 @@ from .files import load_tensors, save_tensors
 from .matmul import ConstantMatmul
 from .startup import import_keras
 
-# (h, c, h @ recurrent_kernel, gate columns in StepDecoder's order): the last is carried so
-# each step needs one matmul.
+# (h, c, h @ recurrent_kernel): the last is carried so each step needs one matmul; its gate
+# columns are in StepDecoder's (i, f, o, c) order.
 State = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 # Weight names in model.safetensors; stable across Keras versions (we never store Keras paths).

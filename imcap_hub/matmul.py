@@ -4,18 +4,21 @@ numpy's BLAS (OpenBLAS) multiplies one row by W with a gemv that streams W once.
 more go to its gemm, which first copies (packs) the whole of W into its own layout, on every
 call: for the decoder's 512 x 5048 matrix, 3 rows cost about 5 times one row
 (bench/profile_beam.py), and that was most of beam search's time. ONNX Runtime packs a constant
-W once, when its session is made, and then multiplies 3 rows for little more than one.
+W once, when its session is made (a second copy of W in memory), and then multiplies 3 rows
+for 1.5 to 2 times the price of one.
 
 So: one row always goes to numpy; several rows go to ONNX Runtime where it is installed (with
 ``onnx`` to write its one-node graph), else to numpy one row at a time (a gemv per row is still
-about twice as fast as numpy's gemm at 3 rows). OpenVINO was tried too: with a constant W, 3
-rows took as long as 3 gemvs. ONNX Runtime runs on one thread, like the decoder's BLAS (see
-``inference.single_threaded_blas``), and its MatMul gave the same bits as numpy's gemm here.
+about twice as fast as numpy's gemm at 3 rows). OpenVINO was tried too and was no faster than
+a gemv per row. ONNX Runtime runs on one thread, like the decoder's BLAS (see
+``inference.single_threaded_blas``). At 2 and 3 rows its products had the same bits as
+one-thread OpenBLAS's gemm here; from 4 rows on, the last bits of some differ.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import logging
 import threading
 from collections.abc import Callable
 
@@ -24,6 +27,8 @@ import numpy as np
 # Backends for several rows, in the order "auto" tries them.
 ROW_BACKENDS = ("onnxruntime", "numpy")
 _NEEDS = {"onnxruntime": ("onnxruntime", "onnx"), "numpy": ()}
+
+logger = logging.getLogger(__name__)
 
 
 def backend_available(backend: str) -> bool:
@@ -67,12 +72,20 @@ class ConstantMatmul:
         if rows is None:
             with self._lock:  # two threads' first beams build it once
                 if self._rows is None:
-                    candidates = ROW_BACKENDS if self.requested == "auto" else (self.requested,)
-                    # numpy, the last, is always there.
-                    backend = next(b for b in candidates if backend_available(b))
-                    self._rows, self._backend = _BUILDERS[backend](self.weights), backend
+                    self._rows, self._backend = self._build()
                 rows = self._rows
         return rows
+
+    def _build(self) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
+        if self.requested != "auto":
+            return _BUILDERS[self.requested](self.weights), self.requested
+        for backend in ROW_BACKENDS[:-1]:
+            if backend_available(backend):
+                try:
+                    return _BUILDERS[backend](self.weights), backend
+                except Exception as e:  # a broken install must not break beam search
+                    logger.warning("%s unavailable for the decoder, using numpy: %s", backend, e)
+        return _numpy_rows(self.weights), "numpy"
 
 
 def _numpy_rows(weights: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:

@@ -77,12 +77,13 @@ def _best_continuations(
 ) -> list[tuple[float, int, int]]:
     """The k best allowed continuations of the beams, best first, as (-total, row, token).
 
-    A total is ``beam_lp[row] + lp[row, token]`` in float64; ties go to the lowest row, then
-    the lowest token. Fewer than k come back when fewer are allowed (finite and not banned; at
-    ``last``, only ``<end>``). The result is that of ranking every entry of the (beams x V)
-    totals, but only each row's ``k + len(banned)`` best tokens are looked at: each of the k
-    best overall is among the k best of its own row, and at most len(banned) of those are
-    banned.
+    A total is ``beam_lp[row] + lp[row, token]`` in float64; equal totals rank by row, then
+    token. Fewer than k come back when fewer are allowed (finite and not banned; at ``last``,
+    only ``<end>``). The result is that of ranking every entry of the (beams x V) totals, but
+    only each row's ``k + len(banned)`` best tokens are looked at: each of the k best overall
+    is among the k best of its own row, and at most len(banned) of those are banned. (Which of
+    several tokens tied at a row's cut gets looked at is argpartition's choice, as which of
+    several tied totals made the cut was when it partitioned them all.)
     """
     n_rows, vocab_size = lp.shape
     if last:  # at max_length only <end> may follow

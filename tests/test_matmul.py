@@ -42,6 +42,20 @@ def test_auto_takes_the_first_installed_backend(monkeypatch):
     assert ConstantMatmul(weights).backend == "numpy"
 
 
+def test_a_broken_runtime_falls_back_to_numpy_with_a_warning(monkeypatch, caplog):
+    def broken(weights):
+        raise OSError("libonnxruntime.so: cannot open shared object file")
+
+    monkeypatch.setattr(matmul, "backend_available", lambda b: True)
+    monkeypatch.setitem(matmul._BUILDERS, "onnxruntime", broken)
+    weights = np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)
+    x = np.random.default_rng(1).normal(size=(3, 6)).astype(np.float32)
+    product = ConstantMatmul(weights)
+    np.testing.assert_allclose(product(x), x @ weights, rtol=1e-5, atol=1e-6)
+    assert product.backend == "numpy"
+    assert "onnxruntime unavailable for the decoder, using numpy" in caplog.text
+
+
 def test_the_runtime_is_built_on_the_first_call_with_several_rows_and_only_once(monkeypatch):
     built = []
     real = matmul._BUILDERS["numpy"]
