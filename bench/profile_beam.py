@@ -15,7 +15,10 @@ words), both decoder kinds. Three parts:
    ``git show``) against this tree's, on several images and settings: same tokens, scores
    within float32 rounding (bit for bit up to 3 beams here; from 4 rows on, ONNX Runtime and
    one-thread OpenBLAS sum some products in another order), same attention maps.
-3. End to end (JPEG bytes -> text, ``predict``), before and after, all variants round-robin.
+3. End to end (JPEG bytes -> text, ``predict``), before and after, all variants round-robin,
+   and the decoding part alone of the same calls. "numpy rows": beam-3 with the beams' rows
+   multiplied one gemv each, as where onnxruntime is not installed (the Space).
+   Medians and the fastest run: the fastest is the closer to a quiet machine.
 """
 
 from __future__ import annotations
