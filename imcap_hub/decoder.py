@@ -23,9 +23,11 @@ import numpy as np
 from .config import CaptionerConfig
 from .errors import ImcapError
 from .files import load_tensors, save_tensors
+from .matmul import ConstantMatmul
 from .startup import import_keras
 
-# (h, c, h @ recurrent_kernel): the last is carried so each step needs one matmul.
+# (h, c, h @ recurrent_kernel): the last is carried so each step needs one matmul; its gate
+# columns are in StepDecoder's (i, f, o, c) order.
 State = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 # Weight names in model.safetensors; stable across Keras versions (we never store Keras paths).
@@ -236,12 +238,27 @@ def random_weights(config: CaptionerConfig, seed: int = 0) -> dict[str, np.ndarr
 
 def lstm_update(gates: np.ndarray, c: np.ndarray, units: int) -> tuple[np.ndarray, np.ndarray]:
     """One LSTM cell update from its pre-activations (Keras gate order i, f, c, o): (h, c)."""
-    i = sigmoid(gates[:, :units])
-    f = sigmoid(gates[:, units : 2 * units])
+    i_f = sigmoid(gates[:, : 2 * units])  # i and f side by side: one call for both
     g = np.tanh(gates[:, 2 * units : 3 * units])
     o = sigmoid(gates[:, 3 * units :])
-    c = f * c + i * g
+    c = i_f[:, units:] * c + i_f[:, :units] * g
     return o * np.tanh(c), c
+
+
+def sigmoid_gates_first(units: int) -> np.ndarray:
+    """The column order that turns Keras' LSTM gates (i, f, c, o) into (i, f, o, c)."""
+    u = units
+    return np.r_[0 : 2 * u, 3 * u : 4 * u, 2 * u : 3 * u]
+
+
+def lstm_update_sigmoids_first(
+    gates: np.ndarray, c: np.ndarray, units: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``lstm_update`` for gates in (i, f, o, c) order: the same numbers, with one sigmoid
+    call over the three sigmoid gates instead of three (34 -> 23 us per step at one row)."""
+    s = sigmoid(gates[:, : 3 * units])
+    c = s[:, units : 2 * units] * c + s[:, :units] * np.tanh(gates[:, 3 * units :])
+    return s[:, 2 * units :] * np.tanh(c), c
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -267,11 +284,15 @@ class StepDecoder:
         self.init_c = (w["init_c/kernel"], w["init_c/bias"])
         self.embeddings = w["embedding/embeddings"]
         # Input projection folded into the embedding table: one row lookup instead of a matmul.
-        self.input_table = self.embeddings @ w["lstm/kernel"] + w["lstm/bias"]
-        self.recurrent = w["lstm/recurrent_kernel"]
+        # Gate columns in (i, f, o, c) order, for lstm_update_sigmoids_first.
+        gates = sigmoid_gates_first(self.units)
+        self.input_table = (self.embeddings @ w["lstm/kernel"] + w["lstm/bias"])[:, gates]
+        self.recurrent = np.ascontiguousarray(w["lstm/recurrent_kernel"][:, gates])
         self.out_kernel, self.out_bias = w["logits/kernel"], w["logits/bias"]
         # h feeds both the output layer and the next step's recurrence: one matmul for both.
         self.fused = np.ascontiguousarray(np.concatenate([self.out_kernel, self.recurrent], axis=1))
+        # Beams multiply several rows of h at once: see matmul.py for why not numpy's gemm.
+        self.fused_matmul = ConstantMatmul(self.fused)
         self.vocab_size = self.out_kernel.shape[1]
 
     def init_state(self, features: np.ndarray) -> State:
@@ -284,8 +305,8 @@ class StepDecoder:
     def step_logits(self, tokens: np.ndarray, state: State) -> tuple[np.ndarray, State]:
         """Tokens (N,) and state -> logits (N, V) for the next token, and the new state."""
         _, c, h_recurrent = state
-        h, c = lstm_update(self.input_table[tokens] + h_recurrent, c, self.units)
-        out = h @ self.fused
+        h, c = lstm_update_sigmoids_first(self.input_table[tokens] + h_recurrent, c, self.units)
+        out = self.fused_matmul(h)
         return out[:, : self.vocab_size] + self.out_bias, (h, c, out[:, self.vocab_size :])
 
     def step(self, tokens: np.ndarray, state: State) -> tuple[np.ndarray, State]:
@@ -296,4 +317,6 @@ class StepDecoder:
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    # In place: the same numbers as ``shifted - log(...)``, one (N, V) array fewer per step.
+    shifted -= np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    return shifted

@@ -13,6 +13,7 @@ word and one for ``<end>``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -39,12 +40,23 @@ def normalised(logprob: float, n_words: int, length_penalty: float) -> float:
 
 
 def _take(state: tuple, idx: np.ndarray) -> tuple:
-    return tuple(s[idx] for s in state)
+    """Rows ``idx`` of every array of the state.
+
+    An array whose first axis has stride 0 (one row repeated, as the attention decoder's
+    per-image tables in a one-image search) stays a broadcast view: the same values, no copy.
+    """
+    return tuple(s[idx] if s.strides[0] != 0 else _repeated_row(s, len(idx)) for s in state)
+
+
+def _repeated_row(s: np.ndarray, n: int) -> np.ndarray:
+    # The same view when the row count stays (broadcast_to costs microseconds per call).
+    return s if s.shape[0] == n else np.broadcast_to(s[:1], (n, *s.shape[1:]))
 
 
 def _allowed(
     logprobs: np.ndarray, banned: Sequence[int], n_words: int, max_length: int, end_id: int
-):
+) -> np.ndarray:
+    """A copy of the log-probabilities with every token that may not come next at -inf."""
     logprobs = logprobs.copy()
     if banned:
         logprobs[:, list(banned)] = -np.inf
@@ -55,19 +67,58 @@ def _allowed(
     return logprobs
 
 
+def _best_continuations(
+    lp: np.ndarray,
+    beam_lp: list[float],
+    k: int,
+    banned: frozenset[int],
+    last: bool,
+    end_id: int,
+) -> list[tuple[float, int, int]]:
+    """The k best allowed continuations of the beams, best first, as (-total, row, token).
+
+    A total is ``beam_lp[row] + lp[row, token]`` in float64; equal totals rank by row, then
+    token. Fewer than k come back when fewer are allowed (finite and not banned; at ``last``,
+    only ``<end>``). The result is that of ranking every entry of the (beams x V) totals, but
+    only each row's ``k + len(banned)`` best tokens are looked at: each of the k best overall
+    is among the k best of its own row, and at most len(banned) of those are banned. (Which of
+    several tokens tied at a row's cut gets looked at is argpartition's choice, as which of
+    several tied totals made the cut was when it partitioned them all.)
+    """
+    n_rows, vocab_size = lp.shape
+    if last:  # at max_length only <end> may follow
+        tokens = np.full((n_rows, 1), end_id)
+    else:
+        m = min(k + len(banned), vocab_size)
+        # The m largest of each row, in no order, without negating or copying the rows.
+        tokens = np.argpartition(lp, vocab_size - m, axis=1)[:, vocab_size - m :]
+    values = np.take_along_axis(lp, tokens, axis=1)
+    # A handful of candidates: plain Python ranks them faster than more numpy calls would.
+    candidates = [
+        (-total, row, t)
+        for row, (b, row_tokens, row_values) in enumerate(
+            zip(beam_lp, tokens.tolist(), values.tolist())
+        )
+        for t, v in zip(row_tokens, row_values)
+        if t not in banned and math.isfinite(total := b + v)
+    ]
+    candidates.sort()
+    return candidates[:k]
+
+
 def _decode_rows(
     step: StepFn,
     state: tuple,
-    choose: Callable[[np.ndarray], np.ndarray],
+    choose: Callable[[np.ndarray, int], np.ndarray],
     *,
     start_id: int,
     end_id: int,
     max_length: int,
-    banned: Sequence[int],
     length_penalty: float,
     attention: AttentionFn | None = None,
 ) -> list[Hypothesis]:
-    """One token per row per step, picked by ``choose(allowed log-probs) -> token ids``."""
+    """One token per row per step, picked by ``choose(log-probs, n_words) -> token ids``, which
+    must pick only tokens that may come next (see ``_allowed``)."""
     n = state[0].shape[0]
     tokens = np.full(n, start_id, dtype=np.int64)
     seqs: list[list[int]] = [[] for _ in range(n)]
@@ -79,12 +130,16 @@ def _decode_rows(
         if attention is not None:
             for row, weights in zip(alive, np.array(attention(state), copy=True)):
                 maps[row].append(weights)
-        lp = _allowed(lp, banned, n_words, max_length, end_id)
-        chosen = choose(lp)
+        chosen = choose(lp, n_words)
         logprob[alive] += lp[np.arange(len(alive)), chosen]
         keep = chosen != end_id
-        for row, tok in zip(alive[keep], chosen[keep]):
-            seqs[row].append(int(tok))
+        if keep.all():  # no row finished: nothing to gather
+            for row, tok in zip(alive.tolist(), chosen.tolist()):
+                seqs[row].append(tok)
+            tokens = chosen
+            continue
+        for row, tok in zip(alive[keep].tolist(), chosen[keep].tolist()):
+            seqs[row].append(tok)
         alive, tokens, state = alive[keep], chosen[keep], _take(state, np.flatnonzero(keep))
         if len(alive) == 0:
             break
@@ -111,14 +166,23 @@ def greedy(
     attention: AttentionFn | None = None,
 ) -> list[Hypothesis]:
     """Best next token each step, for a batch of N independent states at once."""
+    banned_set = frozenset(int(t) for t in banned)
+
+    def best(lp: np.ndarray, n_words: int) -> np.ndarray:
+        if n_words >= max_length:  # only <end> may follow
+            return np.full(len(lp), end_id)
+        chosen = lp.argmax(axis=1)
+        if not banned_set.isdisjoint(chosen.tolist()):  # rarely: only then copy and mask
+            chosen = _allowed(lp, banned, n_words, max_length, end_id).argmax(axis=1)
+        return chosen
+
     return _decode_rows(
         step,
         state,
-        lambda lp: lp.argmax(axis=1),
+        best,
         start_id=start_id,
         end_id=end_id,
         max_length=max_length,
-        banned=banned,
         length_penalty=length_penalty,
         attention=attention,
     )
@@ -150,48 +214,40 @@ def beam_search(
     beams: list[tuple[int, ...]] = [()]
     # Each beam's attention rows so far; they follow the beam through pruning and reordering.
     beam_maps: list[tuple[np.ndarray, ...]] = [()]
-    beam_lp = np.zeros(1, dtype=np.float64)
+    beam_lp = [0.0]
     finished: list[Hypothesis] = []
+    banned_set = frozenset(int(t) for t in banned)
     for n_words in range(max_length + 1):
         lp, state = step(tokens, state)
         if attention is not None:
             step_maps = np.array(attention(state), copy=True)
             beam_maps = [(*m, w) for m, w in zip(beam_maps, step_maps)]
-        lp = _allowed(lp, banned, n_words, max_length, end_id)
-        total = beam_lp[:, None] + lp.astype(np.float64)
-        flat = total.ravel()
-        k = min(beam_size, int(np.isfinite(flat).sum()))
-        if k == 0:
-            break
-        top = np.argpartition(-flat, k - 1)[:k] if k < flat.size else np.arange(flat.size)
-        # Best first; ties break towards the lowest index, as greedy's argmax does.
-        top = top[np.lexsort((top, -flat[top]))]
-        rows, toks = np.divmod(top, total.shape[1])
-        keep_rows, keep_toks, keep_lp = [], [], []
-        for row, tok, score in zip(rows, toks, flat[top]):
-            if tok == end_id:
+        best = _best_continuations(
+            lp, beam_lp, beam_size, banned_set, n_words >= max_length, end_id
+        )
+        alive = []
+        for negative, row, token in best:
+            if token == end_id:
                 seq = beams[row]
                 finished.append(
                     Hypothesis(
                         seq,
-                        float(score),
-                        normalised(float(score), len(seq), length_penalty),
+                        -negative,
+                        normalised(-negative, len(seq), length_penalty),
                         np.stack(beam_maps[row]) if attention is not None else None,
                     )
                 )
             else:
-                keep_rows.append(row)
-                keep_toks.append(tok)
-                keep_lp.append(score)
-        if len(finished) >= beam_size or not keep_rows:
+                alive.append((negative, row, token))
+        if len(finished) >= beam_size or not alive:
             break
-        idx = np.array(keep_rows)
-        beams = [beams[r] + (int(t),) for r, t in zip(keep_rows, keep_toks)]
+        rows = [row for _, row, _ in alive]
+        beams = [beams[row] + (token,) for _, row, token in alive]
         if attention is not None:
-            beam_maps = [beam_maps[r] for r in keep_rows]
-        beam_lp = np.array(keep_lp, dtype=np.float64)
-        tokens = np.array(keep_toks, dtype=np.int64)
-        state = _take(state, idx)
+            beam_maps = [beam_maps[row] for row in rows]
+        beam_lp = [-negative for negative, _, _ in alive]
+        tokens = np.array([token for _, _, token in alive], dtype=np.int64)
+        state = _take(state, np.array(rows))
     finished.sort(key=lambda h: -h.score)
     return finished[:num_results]
 
@@ -247,11 +303,10 @@ def sample(
     hyps = _decode_rows(
         step,
         _take(state, np.zeros(num_samples, dtype=np.int64)),
-        draw,
+        lambda lp, n_words: draw(_allowed(lp, banned, n_words, max_length, end_id)),
         start_id=start_id,
         end_id=end_id,
         max_length=max_length,
-        banned=banned,
         length_penalty=length_penalty,
         attention=attention,
     )

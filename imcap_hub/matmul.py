@@ -1,0 +1,129 @@
+"""``x @ W`` for a fixed weight matrix W, fast for one row and for a few (beam search's beams).
+
+numpy's BLAS (OpenBLAS) multiplies one row by W with a gemv that streams W once. Two rows or
+more go to its gemm, which first copies (packs) the whole of W into its own layout, on every
+call: for the decoder's 512 x 5048 matrix, 3 rows cost about 5 times one row
+(bench/profile_beam.py), and that was most of beam search's time. ONNX Runtime packs a constant
+W once, when its session is made (a second copy of W in memory), and then multiplies 3 rows
+for 1.5 to 2 times the price of one.
+
+So: one row always goes to numpy; several rows go to ONNX Runtime where it is installed (with
+``onnx`` to write its one-node graph), else to numpy one row at a time (a gemv per row is still
+about twice as fast as numpy's gemm at 3 rows). OpenVINO was tried too and was no faster than
+a gemv per row. ONNX Runtime runs on one thread, like the decoder's BLAS (see
+``inference.single_threaded_blas``). At 2 and 3 rows its products had the same bits as
+one-thread OpenBLAS's gemm here; from 4 rows on, the last bits of some differ.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import threading
+from collections.abc import Callable
+
+import numpy as np
+
+# Backends for several rows, in the order "auto" tries them.
+ROW_BACKENDS = ("onnxruntime", "numpy")
+_NEEDS = {"onnxruntime": ("onnxruntime", "onnx"), "numpy": ()}
+
+logger = logging.getLogger(__name__)
+
+
+def backend_available(backend: str) -> bool:
+    """Whether the packages a row backend needs are installed."""
+    return all(importlib.util.find_spec(package) for package in _NEEDS[backend])
+
+
+class ConstantMatmul:
+    """``x (N, K) -> x @ weights (N, M)`` in float32, for weights that never change.
+
+    ``backend``: the backend for N > 1 rows, one of ``ROW_BACKENDS``, or "auto" (the first
+    installed). A runtime's copy of the weights is made on the first call with several rows,
+    so greedy decoding (one row) never pays for it. Safe to call from several threads.
+    """
+
+    def __init__(self, weights: np.ndarray, backend: str = "auto") -> None:
+        if backend != "auto" and backend not in ROW_BACKENDS:
+            raise ValueError(f"backend must be 'auto' or one of {', '.join(ROW_BACKENDS)}")
+        if backend != "auto" and not backend_available(backend):
+            raise ValueError(f"backend {backend!r} needs {' and '.join(_NEEDS[backend])}")
+        self.weights = np.ascontiguousarray(weights, dtype=np.float32)
+        self.requested = backend
+        self._rows: Callable[[np.ndarray], np.ndarray] | None = None
+        self._backend: str | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def backend(self) -> str:
+        """The backend used for several rows (chosen now if no multi-row call made it yet)."""
+        self._row_function()
+        assert self._backend is not None
+        return self._backend
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if x.shape[0] <= 1:
+            return x @ self.weights
+        return self._row_function()(np.ascontiguousarray(x, dtype=np.float32))
+
+    def _row_function(self) -> Callable[[np.ndarray], np.ndarray]:
+        rows = self._rows
+        if rows is None:
+            with self._lock:  # two threads' first beams build it once
+                if self._rows is None:
+                    self._rows, self._backend = self._build()
+                rows = self._rows
+        return rows
+
+    def _build(self) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
+        if self.requested != "auto":
+            return _BUILDERS[self.requested](self.weights), self.requested
+        for backend in ROW_BACKENDS[:-1]:
+            if backend_available(backend):
+                try:
+                    return _BUILDERS[backend](self.weights), backend
+                except Exception as e:  # a broken install must not break beam search
+                    logger.warning("%s unavailable for the decoder, using numpy: %s", backend, e)
+        return _numpy_rows(self.weights), "numpy"
+
+
+def _numpy_rows(weights: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    def run(x: np.ndarray) -> np.ndarray:
+        out = np.empty((x.shape[0], weights.shape[1]), dtype=np.float32)
+        for row, target in zip(x, out):
+            np.matmul(row, weights, out=target)
+        return out
+
+    return run
+
+
+def _onnxruntime_rows(weights: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    k, m = weights.shape
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "constant_matmul",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", k])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", m])],
+        [numpy_helper.from_array(weights, "w")],
+    )
+    # Opset 13 and IR 7: old enough for any ONNX Runtime this project supports.
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return session.run(None, {"x": x})[0]
+
+    return run
+
+
+_BUILDERS = {"onnxruntime": _onnxruntime_rows, "numpy": _numpy_rows}
