@@ -5,10 +5,8 @@ machine, their tables printed under one header with the date and the machine.
 
 1. ``bench_inference.py``: encoder runtimes, greedy and beam-3 end to end at 34 words (their
    ratio), the attention decoder against the pooled one;
-2. ``bench_fast_mode.py``: the fast runtimes on a trained ResNet50-sized model: encoder ms,
-   identical greedy captions and BLEU-4 against fp32;
-3. ``bench_round_trip.py``: one caller's ``/caption`` round trip, split;
-4. ``bench_folder.py``: folder throughput, exact and fast.
+2. ``bench_round_trip.py``: one caller's ``/caption`` round trip, split;
+3. ``bench_folder.py``: folder throughput.
 
 Each bench takes its medians and side-by-side ratios within its own table; see each script.
 """
@@ -32,15 +30,16 @@ BENCHES = [
         [],
         ["--repeats", "5"],
     ),
-    ("Fast mode: speed and accuracy on a trained model", "bench_fast_mode.py", [], ["--quick"]),
     ("The app's round trip, one caller", "bench_round_trip.py", [], ["--requests", "5"]),
     (
         "Folder throughput",
         "bench_folder.py",
-        ["--runtimes", "auto,fast"],
+        ["--runtimes", "auto"],
         ["--images", "32", "--repeats", "1"],
     ),
 ]
+# Not yet here: the fast mode's speed and accuracy on a trained model (bench_fast_mode.py and
+# the `fast` runtime of the folder bench), on branch issue12-int8 until it is merged.
 
 
 def cpu_model() -> str:
