@@ -22,6 +22,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench_app_load import cpu_model  # noqa: E402
 
 BENCHES = [
     (
@@ -40,16 +43,6 @@ BENCHES = [
 ]
 # Not yet here: the fast mode's speed and accuracy on a trained model (bench_fast_mode.py and
 # the `fast` runtime of the folder bench), on branch issue12-int8 until it is merged.
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv: list[str] | None = None) -> int:
