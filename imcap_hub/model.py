@@ -403,8 +403,8 @@ class ImageCaptioner(
             runtime=runtime,
             calibration=calibration,
         )
+        encoder.check_runtime()  # now: e.g. openvino-int8 for a model without calibration
         encoder.check_weights_file()  # now, naming the file, rather than at the first caption
-        encoder.check_runtime()  # likewise: e.g. openvino-int8 for a model without calibration
         card_path = fetch(CARD_FILE, required=False)
         metrics_path = fetch(METRICS_FILE, required=False)
         source = {

@@ -196,6 +196,7 @@ def publish(
         space_url=space_url,
         model_name=model_name,
         notes=notes,
+        calibration_images=len(model.encoder.calibration or ()),
     )
     if repo_id is not None:
         _check_card(card, repo_id)
