@@ -36,7 +36,7 @@ from .config import EncoderConfig
 from .errors import ImcapError
 from .files import atomic_write_json, load_tensors
 from .images import resize
-from .quantize import DEFAULT_SETTINGS, QuantizationSettings
+from .quantize import QuantizationSettings, default_settings
 from .startup import import_keras, import_tensorflow, step
 
 logger = logging.getLogger(__name__)
@@ -426,7 +426,7 @@ class Encoder:
 
     The Keras model is built lazily: a runtime loaded from the on-disk cache never needs it.
     ``calibration``: the model's calibration images (``openvino-int8`` needs them);
-    ``quantization``: how NNCF quantises (the defaults unless a benchmark tries others).
+    ``quantization``: how NNCF quantises (default: ``quantize.default_settings()`` for this CPU).
     """
 
     def __init__(
@@ -438,7 +438,7 @@ class Encoder:
         runtime: str = "auto",
         cache_dir: str | os.PathLike | None = None,
         calibration: CalibrationSet | None = None,
-        quantization: QuantizationSettings = DEFAULT_SETTINGS,
+        quantization: QuantizationSettings | None = None,
     ) -> None:
         config.validate()
         if runtime not in RUNTIMES:
@@ -448,7 +448,7 @@ class Encoder:
         self.requested_runtime = runtime
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.calibration = calibration  # checked by the setter below
-        self.quantization = quantization
+        self.quantization = quantization or default_settings()
         self._keras_model = keras_model
         self._run: Callable[[np.ndarray], np.ndarray] | None = None
         self.runtime: RuntimeInfo | None = None
@@ -655,7 +655,10 @@ class Encoder:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".quantize-", dir=self.cache_dir))
         try:
-            where = f"once, on {len(batches)} training images; cached in {folder}"
+            where = (
+                f"once, on {len(batches)} training images, overflow fix "
+                f"{self.quantization.overflow_fix}; cached in {folder}"
+            )
             with step(logger, "quantising the encoder to int8 with NNCF", where):
                 xml = quantize_openvino(fp32_xml, batches, tmp / "encoder.xml", self.quantization)
             probe = np.concatenate(batches[:AGREEMENT_IMAGES])

@@ -269,3 +269,14 @@ def test_calibration_images_of_another_size_are_refused(tiny_model_dir, tmp_path
 def test_a_calibration_set_holds_1_to_1000_images():
     with pytest.raises(CalibrationError, match="1 to 1000 images, not 0"):
         CalibrationSet((), 32)
+
+
+@pytest.mark.parametrize(("vnni", "fix"), [(False, "enable"), (True, "first_layer_only")])
+def test_the_overflow_fix_covers_every_layer_where_the_cpu_has_no_vnni(monkeypatch, vnni, fix):
+    """AVX2's int8 multiply sums pairs into int16, which saturates: 7-bit weights everywhere."""
+    monkeypatch.setattr(quantize_module, "cpu_has_vnni", lambda: vnni)
+    assert quantize_module.default_settings().overflow_fix == fix
+    config = tiny_config().encoder
+    assert Encoder(config, runtime="openvino-int8").quantization.overflow_fix == fix
+    with pytest.raises(ValueError, match="overflow_fix must be one of"):
+        quantize_module.QuantizationSettings(overflow_fix="sometimes")
