@@ -40,7 +40,13 @@ def _parser() -> argparse.ArgumentParser:
     cap.add_argument("--temperature", type=float, default=1.0)
     cap.add_argument("--top-p", type=float, default=1.0)
     cap.add_argument("--seed", type=int, default=0)
-    cap.add_argument("--runtime", choices=RUNTIMES, default="auto", help="encoder runtime")
+    cap.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="auto",
+        help="encoder runtime: auto (the fastest exact one), fast (int8 or bf16 where they work, "
+        "else as auto; says which it took), or one by name",
+    )
     cap.add_argument("--json", action="store_true", help="print one JSON object per image")
     cap.add_argument(
         "--output",
@@ -235,6 +241,9 @@ def _caption(args: argparse.Namespace) -> int:
     except OSError as e:
         where = "the heatmaps" if args.heatmaps else args.output
         print(f"error: cannot write {where}: {e}", file=sys.stderr)
+        return 2
+    except ImcapError as e:  # the encoder's runtime failed (a conversion, a quantisation)
+        print(f"error: {e}", file=sys.stderr)
         return 2
     return 1 if failed else 0
 

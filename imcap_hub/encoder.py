@@ -4,6 +4,11 @@ The Keras model is the reference. Where OpenVINO or ONNX Runtime is installed, t
 converted once, checked against Keras on a probe batch, and cached on disk under a key made of
 the encoder config, a fingerprint of its weights and the runtime's version. A cached converted
 encoder loads without building (or importing) Keras at all.
+
+Two runtimes trade exactness for speed, and are only used when asked for: ``openvino-bf16``
+(where the CPU has bf16) and ``openvino-int8`` (quantised once with NNCF on the model's own
+training images, ``calibration.safetensors``, and cached like the others). ``fast`` takes the
+first of them that works here and says which; ``auto`` and feature caches stay exact.
 """
 
 from __future__ import annotations
@@ -26,23 +31,31 @@ from typing import Any
 
 import numpy as np
 
+from .calibration import CALIBRATION_FILE, CalibrationSet
 from .config import EncoderConfig
 from .errors import ImcapError
 from .files import atomic_write_json, load_tensors
 from .images import resize
+from .quantize import QuantizationSettings, default_settings
 from .startup import import_keras, import_tensorflow, step
 
 logger = logging.getLogger(__name__)
 
-# "openvino-bf16" is not exact: "auto" never picks it, and feature caches never use it.
 EXACT_RUNTIMES = ("auto", "keras", "openvino", "onnxruntime")
-RUNTIMES = (*EXACT_RUNTIMES, "openvino-bf16")
+# Not exact: "auto" never picks these, and feature caches never use them. Fastest first: where a
+# CPU has bf16 (AVX512-BF16, AMX) it also has int8 dot products (VNNI, AMX-INT8) of twice the
+# throughput, and int8 is the one whose caption agreement bench/bench_fast_mode.py measures.
+FAST_RUNTIMES = ("openvino-int8", "openvino-bf16")
+RUNTIMES = (*EXACT_RUNTIMES, *FAST_RUNTIMES, "fast")
 # Fastest exact runtime first.
 AUTO_ORDER = ("openvino", "onnxruntime", "keras")
 CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 # A converted encoder must match Keras this closely (relative to the feature scale) to be used.
 EXACT_RTOL = 1e-4
 BF16_SUFFIX = "-bf16"
+INT8 = "openvino-int8"
+# Calibration images the int8 encoder is compared with fp32 on, once, when it is quantised.
+AGREEMENT_IMAGES = 32
 
 
 class EncoderError(ImcapError, RuntimeError):
@@ -64,19 +77,59 @@ def _package_version(name: str) -> str | None:
         return None
 
 
-# The packages each runtime needs (ONNX Runtime needs tf2onnx to convert the Keras model).
+# The packages each runtime needs (ONNX Runtime needs tf2onnx to convert the Keras model, the
+# int8 runtime NNCF to quantise it), and how to install those that are not in requirements.txt.
 _RUNTIME_PACKAGES = {
     "keras": ("keras",),
     "openvino": ("openvino",),
     "openvino-bf16": ("openvino",),
+    INT8: ("openvino", "nncf"),
     "onnxruntime": ("onnxruntime", "tf2onnx"),
 }
+_INSTALL_HINTS = {
+    "nncf": 'pip install nncf==3.4.0, or pip install "imcap[fast]"',
+    "onnxruntime": "pip install onnxruntime tf2onnx",
+    "tf2onnx": "pip install onnxruntime tf2onnx",
+}
+
+
+def package_installed(name: str) -> bool:
+    """Whether the Python package ``name`` can be imported (without importing it)."""
+    return importlib.util.find_spec(name) is not None
 
 
 def runtime_available(runtime: str) -> bool:
     """Whether ``runtime`` is a runtime name whose packages are installed."""
     packages = _RUNTIME_PACKAGES.get(runtime)
-    return packages is not None and all(importlib.util.find_spec(p) for p in packages)
+    return packages is not None and all(package_installed(p) for p in packages)
+
+
+def cpu_capabilities() -> tuple[str, ...]:
+    """OpenVINO's CPU plugin's ``OPTIMIZATION_CAPABILITIES`` here (``FP32``, ``INT8``, ``BF16``
+    where the CPU has it, ...)."""
+    import openvino as ov
+
+    return tuple(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
+def runtime_problem(runtime: str) -> str | None:
+    """Why ``runtime`` cannot run on this machine (a package that is not installed, a CPU without
+    bf16), or None. Whether a model can use it (int8 needs calibration images) is the model's."""
+    if runtime in ("auto", "fast"):
+        return None
+    packages = _RUNTIME_PACKAGES.get(runtime)
+    if packages is None:
+        return f"unknown runtime {runtime!r}"
+    missing = [p for p in packages if not package_installed(p)]
+    if missing:
+        hints = dict.fromkeys(_INSTALL_HINTS.get(p, f"pip install {p}") for p in missing)
+        return f"it needs the {', '.join(missing)} package ({'; '.join(hints)})"
+    if runtime == "openvino-bf16":
+        capabilities = cpu_capabilities()
+        if "BF16" not in capabilities:
+            # OpenVINO would quietly run such a request in fp32.
+            return f"this CPU has no bf16 (OpenVINO's CPU capabilities: {', '.join(capabilities)})"
+    return None
 
 
 # --- the Keras models -------------------------------------------------------------------------
@@ -294,10 +347,11 @@ def _keras_callable(model) -> Callable[[np.ndarray], np.ndarray]:
     return lambda batch: fn(tf.constant(batch)).numpy()
 
 
-def _openvino_callable(xml: Path, bf16: bool) -> Callable[[np.ndarray], np.ndarray]:
+def _openvino_callable(xml: Path, precision: str = "f32") -> Callable[[np.ndarray], np.ndarray]:
+    """The OpenVINO model ``xml`` on the CPU; ``precision``: ``f32`` or ``bf16`` for the float
+    operations (an int8 model's quantised operations run in int8 either way)."""
     import openvino as ov
 
-    precision = "bf16" if bf16 else "f32"
     compiled = ov.Core().compile_model(
         os.fspath(xml),
         "CPU",
@@ -312,6 +366,23 @@ def _openvino_callable(xml: Path, bf16: bool) -> Callable[[np.ndarray], np.ndarr
             return np.array(request.infer({0: np.ascontiguousarray(batch)})[output])
 
     return run
+
+
+def feature_agreement(reference: np.ndarray, features: np.ndarray) -> dict[str, float]:
+    """How close ``features`` are to ``reference`` (one row per image): the largest absolute
+    difference, that relative to the largest reference value, and the cosine similarity of the
+    two feature vectors of each image (the lowest and the mean)."""
+    ref = reference.reshape(len(reference), -1).astype(np.float64)
+    got = features.reshape(len(features), -1).astype(np.float64)
+    diff = float(np.max(np.abs(got - ref)))
+    norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1)
+    cosine = np.sum(ref * got, axis=1) / np.maximum(norms, 1e-12)
+    return {
+        "max_abs_diff": diff,
+        "max_rel_diff": diff / max(float(np.max(np.abs(ref))), 1e-12),
+        "cosine_min": float(np.min(cosine)),
+        "cosine_mean": float(np.mean(cosine)),
+    }
 
 
 def _onnx_callable(path: Path) -> Callable[[np.ndarray], np.ndarray]:
@@ -354,6 +425,8 @@ class Encoder:
     """Turns RGB uint8 images into feature vectors through the chosen runtime.
 
     The Keras model is built lazily: a runtime loaded from the on-disk cache never needs it.
+    ``calibration``: the model's calibration images (``openvino-int8`` needs them);
+    ``quantization``: how NNCF quantises (default: ``quantize.default_settings()`` for this CPU).
     """
 
     def __init__(
@@ -364,6 +437,8 @@ class Encoder:
         keras_model=None,
         runtime: str = "auto",
         cache_dir: str | os.PathLike | None = None,
+        calibration: CalibrationSet | None = None,
+        quantization: QuantizationSettings | None = None,
     ) -> None:
         config.validate()
         if runtime not in RUNTIMES:
@@ -372,11 +447,27 @@ class Encoder:
         self.weights_file = weights_file
         self.requested_runtime = runtime
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self.calibration = calibration  # checked by the setter below
+        self.quantization = quantization or default_settings()
         self._keras_model = keras_model
         self._run: Callable[[np.ndarray], np.ndarray] | None = None
         self.runtime: RuntimeInfo | None = None
         self._fingerprint: str | None = None
         self._prepare_lock = threading.Lock()
+
+    @property
+    def calibration(self) -> CalibrationSet | None:
+        """The calibration images ``openvino-int8`` quantises with (None: the model has none)."""
+        return self._calibration
+
+    @calibration.setter
+    def calibration(self, calibration: CalibrationSet | None) -> None:
+        if calibration is not None and calibration.image_size != self.config.image_size:
+            raise EncoderError(
+                f"the calibration images are {calibration.image_size} px; the encoder reads "
+                f"{self.config.image_size} px"
+            )
+        self._calibration = calibration
 
     @property
     def keras_model(self):
@@ -405,13 +496,17 @@ class Encoder:
 
     def cache_key(self, runtime: str) -> str:
         package = "onnxruntime" if runtime == "onnxruntime" else "openvino"
-        payload = {
+        payload: dict[str, Any] = {
             "config": self.config.cache_key(),
             "weights": self.weights_fingerprint(),
             "runtime": runtime.removesuffix(BF16_SUFFIX),
             "runtime_version": _package_version(package),
             "format": 1,
         }
+        if runtime == INT8:  # what else the quantised model depends on
+            payload["calibration"] = self.calibration.fingerprint() if self.calibration else None
+            payload["nncf_version"] = _package_version("nncf")
+            payload["quantization"] = self.quantization.to_dict()
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
     def _cache_folder(self, runtime: str) -> Path:
@@ -426,19 +521,47 @@ class Encoder:
         if self.config.weights != "repo" or self.weights_file is None:
             return
         read_weights_file(self.weights_file)
-        converted = ("openvino", "onnxruntime")
+        converted = ("openvino", "onnxruntime", INT8)
         if not any(
             runtime_available(r) and (self._cache_folder(r) / "meta.json").is_file()
             for r in converted
         ):
             _ = self.keras_model
 
+    def calibration_problem(self) -> str | None:
+        """Why this encoder cannot be quantised to int8 (no calibration images), or None."""
+        if self.calibration is not None:
+            return None
+        return (
+            f"it needs calibration images from the model's training data ({CALIBRATION_FILE} "
+            "in the model folder, which `python -m training push` writes) and this model has none"
+        )
+
+    def _problem(self, runtime: str) -> str | None:
+        """Why ``runtime`` cannot encode for this model here, or None."""
+        problem = runtime_problem(runtime)
+        if runtime == INT8:
+            problem = problem or self.calibration_problem()
+        return problem
+
+    def check_runtime(self) -> None:
+        """Refuse now, in one line, a runtime asked for by name that cannot be used here or with
+        this model (a package not installed, a CPU without bf16, no calibration images), rather
+        than at the first caption; ``auto`` and ``fast`` choose among those that can."""
+        runtime = self.requested_runtime
+        problem = None if runtime in ("auto", "fast") else self._problem(runtime)
+        if problem:
+            raise EncoderError(f"runtime {runtime!r} cannot be used: {problem}")
+
     def _prepare(self, runtime: str) -> tuple[Callable[[np.ndarray], np.ndarray], RuntimeInfo]:
         start = time.perf_counter()
         if runtime == "keras":
             return _keras_callable(self.keras_model), RuntimeInfo("keras", 0.0)
-        if not runtime_available(runtime.removesuffix(BF16_SUFFIX)):
-            raise EncoderError(f"runtime {runtime!r} is not installed")
+        problem = self._problem(runtime)
+        if problem:
+            raise EncoderError(f"runtime {runtime!r} cannot be used: {problem}")
+        if runtime == INT8:
+            return self._prepare_int8(start)
         base = runtime.removesuffix(BF16_SUFFIX)
         folder = self._cache_folder(runtime)
         meta_path = folder / "meta.json"
@@ -463,16 +586,17 @@ class Encoder:
                 raise
         meta = json.loads(meta_path.read_text())
         path = folder / meta["file"]
+        bf16 = runtime.endswith(BF16_SUFFIX)
         with step(
             logger, f"loading the {label} encoder", f"cached in {folder}" if cached else None
         ):
             run = (
                 _onnx_callable(path)
                 if base == "onnxruntime"
-                else _openvino_callable(path, runtime.endswith(BF16_SUFFIX))
+                else _openvino_callable(path, "bf16" if bf16 else "f32")
             )
         info = RuntimeInfo(runtime, cached=cached, build_seconds=time.perf_counter() - start)
-        if not cached or runtime.endswith(BF16_SUFFIX):
+        if not cached or bf16:
             # Check against Keras whenever we had Keras in hand anyway (fresh conversions).
             keras_model = self.keras_model
             with step(logger, f"checking the {label} encoder against Keras on a probe batch"):
@@ -483,14 +607,82 @@ class Encoder:
             scale = max(1.0, float(np.max(np.abs(reference))))
             exact = diff <= EXACT_RTOL * scale
             meta.update(max_abs_diff=diff, exact=exact)
-            if not runtime.endswith(BF16_SUFFIX):
+            if not bf16:
                 atomic_write_json(meta_path, meta, indent=1)
-            if not exact and not runtime.endswith(BF16_SUFFIX):
+            if not exact and not bf16:
                 shutil.rmtree(folder, ignore_errors=True)
                 raise EncoderError(f"{runtime} differs from Keras by {diff:.3g} on the probe batch")
         else:
             info.max_abs_diff = meta.get("max_abs_diff")
         return run, info
+
+    def _prepare_int8(self, start: float) -> tuple[Callable[[np.ndarray], np.ndarray], RuntimeInfo]:
+        """The int8 encoder: quantised once from the (exact, checked) fp32 OpenVINO encoder on
+        the calibration images, and cached; a cached one needs neither Keras nor NNCF's work."""
+        folder = self._cache_folder(INT8)
+        meta_path = folder / "meta.json"
+        cached = meta_path.is_file()
+        if not cached:
+            self._quantize(folder)
+        meta = json.loads(meta_path.read_text())
+        with step(
+            logger, "loading the OpenVINO int8 encoder", f"cached in {folder}" if cached else None
+        ):
+            run = _openvino_callable(folder / meta["file"])
+        note = (
+            f"int8, calibrated on {meta['calibration_images']} training images; against fp32 "
+            f"on them: cosine >= {meta['cosine_min']:.4f}, max diff "
+            f"{meta['max_rel_diff']:.2%} of the largest feature"
+        )
+        info = RuntimeInfo(
+            INT8,
+            max_abs_diff=meta["max_abs_diff"],
+            cached=cached,
+            build_seconds=time.perf_counter() - start,
+            note=note,
+        )
+        return run, info
+
+    def _quantize(self, folder: Path) -> None:
+        """Quantise into ``folder`` (atomically, as conversions are cached)."""
+        from .quantize import quantize_openvino
+
+        assert self.calibration is not None
+        fp32_run, _ = self._prepare("openvino")  # converted and checked against Keras, once
+        fp32_folder = self._cache_folder("openvino")
+        fp32_xml = fp32_folder / json.loads((fp32_folder / "meta.json").read_text())["file"]
+        batches = [preprocess([image], self.config) for image in self.calibration.images()]
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".quantize-", dir=self.cache_dir))
+        try:
+            where = (
+                f"once, on {len(batches)} training images, overflow fix "
+                f"{self.quantization.overflow_fix}; cached in {folder}"
+            )
+            with step(logger, "quantising the encoder to int8 with NNCF", where):
+                xml = quantize_openvino(fp32_xml, batches, tmp / "encoder.xml", self.quantization)
+            probe = np.concatenate(batches[:AGREEMENT_IMAGES])
+            features = _openvino_callable(xml)(probe)
+            if not np.isfinite(features).all():
+                raise EncoderError("the int8 encoder gives NaN or infinite features")
+            meta = {
+                "file": xml.name,
+                "config": self.config.cache_key(),
+                "runtime": INT8,
+                "calibration": self.calibration.fingerprint(),
+                "calibration_images": len(batches),
+                "quantization": self.quantization.to_dict(),
+                "nncf_version": _package_version("nncf"),
+                **feature_agreement(fp32_run(probe), features),
+            }
+            atomic_write_json(tmp / "meta.json", meta, indent=1)
+            try:
+                tmp.rename(folder)  # atomic: a half-written cache entry is never seen
+            except OSError:  # another process finished first; use theirs
+                shutil.rmtree(tmp, ignore_errors=True)
+        except Exception:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
     def prepare(self) -> RuntimeInfo:
         """Choose and load the runtime now (otherwise done on the first ``encode``)."""
@@ -501,10 +693,32 @@ class Encoder:
         return self.runtime
 
     def _choose_runtime(self) -> None:
-        if self.requested_runtime != "auto":
-            self._run, self.runtime = self._prepare(self.requested_runtime)
+        requested = self.requested_runtime
+        if requested not in ("auto", "fast"):
+            self._run, self.runtime = self._prepare(requested)
             return
-        failures = []
+        failures: list[str] = []
+        if requested == "fast":
+            for runtime in FAST_RUNTIMES:
+                problem = self._problem(runtime)
+                if problem:
+                    failures.append(f"{runtime}: {problem}")
+                    continue
+                try:
+                    self._run, self.runtime = self._prepare(runtime)
+                except Exception as e:  # a failed quantisation: say so, try the next one
+                    logger.warning("encoder runtime %s failed, trying the next: %s", runtime, e)
+                    failures.append(f"{runtime}: {e}")
+                    continue
+                skipped = f" ({'; '.join(failures)})" if failures else ""
+                choice = f"fast: {runtime}{skipped}"
+                logger.info("encoder runtime %s", choice)
+                self.runtime.note = "; ".join(n for n in (choice, self.runtime.note) if n)
+                return
+            logger.warning(
+                "encoder runtime fast: no fast runtime works here (%s); using an exact one",
+                "; ".join(failures),
+            )
         for runtime in AUTO_ORDER:
             if runtime != "keras" and not runtime_available(runtime):
                 failures.append(f"{runtime}: not installed")
@@ -515,7 +729,10 @@ class Encoder:
                 logger.warning("encoder runtime %s unavailable, falling back: %s", runtime, e)
                 failures.append(f"{runtime}: {e}")
                 continue
-            self.runtime.note = "; ".join(failures)
+            note = "; ".join(failures)
+            if requested == "fast":
+                note = f"fast: no fast runtime works here, so the exact {runtime} ({note})"
+            self.runtime.note = note
             return
         raise EncoderError("no encoder runtime works: " + "; ".join(failures))
 

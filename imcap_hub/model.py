@@ -24,6 +24,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
+from .calibration import CALIBRATION_FILE, CalibrationError, CalibrationSet
 from .config import CaptionerConfig
 from .decoder import load_weights, make_step_decoder, random_weights, save_weights
 from .encoder import Encoder, build_keras_encoder, keras_weights
@@ -264,6 +265,8 @@ class ImageCaptioner(
                 save_directory / ENCODER_FILE,
                 "imcap-encoder/1",
             )
+        if self.encoder.calibration is not None:
+            self.encoder.calibration.save(save_directory / CALIBRATION_FILE)
         if self.metrics is not None:
             atomic_write_json(save_directory / METRICS_FILE, self.metrics)
         if self.card is not None:
@@ -305,8 +308,10 @@ class ImageCaptioner(
         """Load from a Hub repo id or a local folder.
 
         ``revision``: a branch, tag or commit hash. ``runtime``: the encoder's (``RUNTIMES`` in
-        ``imcap_hub.encoder``). ``encoder_weights``: a local ResNet50 ``.h5`` instead of Keras'
-        ImageNet download.
+        ``imcap_hub.encoder``: ``auto`` takes the fastest exact one, ``fast`` the fastest
+        approximate one that works here, ``openvino-int8`` needs the model's
+        ``calibration.safetensors``). ``encoder_weights``: a local ResNet50 ``.h5`` instead of
+        Keras' ImageNet download.
         """
         # Not the mixin's from_pretrained: it reads config.json as __init__ keyword arguments,
         # before any check (a list, or a key named like an argument, gave a traceback), while
@@ -385,7 +390,20 @@ class ImageCaptioner(
         weights = load_weights(fetch(DECODER_FILE), model_config)
         if model_config.encoder.weights == "repo":
             encoder_weights = fetch(ENCODER_FILE)
-        encoder = Encoder(model_config.encoder, weights_file=encoder_weights, runtime=runtime)
+        calibration = None
+        calibration_path = fetch(CALIBRATION_FILE, required=False)
+        if calibration_path is not None:  # optional, but checked now like every file of a model
+            try:
+                calibration = CalibrationSet.load(calibration_path, model_config.encoder.image_size)
+            except CalibrationError as e:
+                raise ModelLoadError(str(e)) from None
+        encoder = Encoder(
+            model_config.encoder,
+            weights_file=encoder_weights,
+            runtime=runtime,
+            calibration=calibration,
+        )
+        encoder.check_runtime()  # now: e.g. openvino-int8 for a model without calibration
         encoder.check_weights_file()  # now, naming the file, rather than at the first caption
         card_path = fetch(CARD_FILE, required=False)
         metrics_path = fetch(METRICS_FILE, required=False)

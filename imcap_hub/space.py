@@ -24,10 +24,19 @@ from huggingface_hub.errors import HfHubHTTPError, HFValidationError, OfflineMod
 from huggingface_hub.repocard import metadata_load, metadata_save
 from huggingface_hub.utils import validate_repo_id
 
+from .calibration import CALIBRATION_FILE
 from .errors import ImcapError
 from .model import CARD_FILE, CONFIG_FILE, DECODER_FILE, ENCODER_FILE, METRICS_FILE, VOCAB_FILE
 
-MODEL_FILES = (CONFIG_FILE, VOCAB_FILE, DECODER_FILE, ENCODER_FILE, METRICS_FILE, CARD_FILE)
+MODEL_FILES = (
+    CONFIG_FILE,
+    VOCAB_FILE,
+    DECODER_FILE,
+    ENCODER_FILE,
+    CALIBRATION_FILE,
+    METRICS_FILE,
+    CARD_FILE,
+)
 
 logger = logging.getLogger(__name__)
 

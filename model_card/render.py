@@ -378,9 +378,11 @@ def render_card(
     space_url: str | None = None,
     model_name: str | None = None,
     notes: str | None = None,
+    calibration_images: int = 0,
 ) -> str:
     """The model card (README.md text) for a model: metadata header and sections; ``notes``: a
-    paragraph of Markdown under the summary.
+    paragraph of Markdown under the summary; ``calibration_images``: how many training images
+    ``calibration.safetensors`` holds (0: the model has none).
 
     ``metrics``: what ``training.evaluate.evaluate`` returns, or None for a model that was not
     evaluated; ``record``: the run's training record. The title is the repo's name, else
@@ -410,5 +412,6 @@ def render_card(
         evaluated=results is not None,
         results=results,
         license=DEFAULT_LICENSE,
+        calibration_images=calibration_images,
     )
     return re.sub(r"\n{3,}", "\n\n", text)

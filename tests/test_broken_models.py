@@ -126,7 +126,27 @@ def replace_by_folder(name: str) -> Edit:
     return edit
 
 
-DECODER, ENCODER = "model.safetensors", "encoder.safetensors"
+DECODER, ENCODER, CALIBRATION = (
+    "model.safetensors",
+    "encoder.safetensors",
+    "calibration.safetensors",
+)
+
+
+def with_calibration(*edits: Edit, size: int | None = None) -> Edit:
+    """A good ``calibration.safetensors`` (3 images of the encoder's size, or of ``size``)
+    added to the folder, then ``edits``."""
+    from imcap_hub.calibration import CalibrationSet
+
+    def edit(d: Path) -> None:
+        side = size or json.loads((d / "config.json").read_text())["encoder"]["image_size"]
+        images = [random_image(seed, (side, side)) for seed in range(3)]
+        CalibrationSet.from_images(images, side).save(d / CALIBRATION)
+        for more in edits:
+            more(d)
+
+    return edit
+
 
 CORPUS = [
     # config.json
@@ -257,6 +277,47 @@ CORPUS = [
         r"encoder\.safetensors: tensor \S+ holds NaN or infinite",
     ),
     Break("encoder-link-out", link_out(ENCODER), r"encoder\.safetensors is a link to .*outside"),
+    # calibration.safetensors (optional: the int8 encoder's calibration images; checked at load)
+    Break("calibration-empty", write(CALIBRATION, b""), r"cannot read calibration\.safetensors"),
+    Break(
+        "calibration-text",
+        write(CALIBRATION, b"not safetensors\n"),
+        r"cannot read calibration\.safetensors",
+    ),
+    Break(
+        "calibration-truncated",
+        with_calibration(truncate(CALIBRATION)),
+        r"cannot read calibration\.safetensors",
+    ),
+    Break(
+        "calibration-wrong-tensors",
+        with_calibration(edit_tensors(CALIBRATION, lambda t: t.update(extra=t["offsets"]))),
+        r"calibration\.safetensors must hold the tensors jpeg and offsets, not extra, jpeg, off",
+    ),
+    Break(
+        "calibration-offsets-past-the-end",
+        with_calibration(
+            edit_tensors(CALIBRATION, lambda t: t["offsets"].__setitem__(-1, t["offsets"][-1] + 9))
+        ),
+        r"calibration\.safetensors: offsets must rise from 0 to the length of jpeg",
+    ),
+    Break(
+        "calibration-not-an-image",
+        with_calibration(
+            edit_tensors(CALIBRATION, lambda t: t["jpeg"].__setitem__(slice(0, 64), 7))
+        ),
+        r"calibration\.safetensors: calibration image 0: .*(not an image|cannot|damaged|format)",
+    ),
+    Break(
+        "calibration-another-size",
+        with_calibration(size=40),
+        r"calibration\.safetensors: calibration image 0 is 40x40; the encoder reads 32x32",
+    ),
+    Break(
+        "calibration-link-out",
+        with_calibration(link_out(CALIBRATION)),
+        r"calibration\.safetensors is a link to .*outside",
+    ),
     # the attention decoder's own tensors
     Break(
         "attention-missing-tensor",
@@ -298,6 +359,8 @@ CORPUS = [
     Break("card-bad-yaml", write("README.md", b"---\n: [unclosed\n---\nbody\n"), None),
     Break("decoder-link-in", link_in(DECODER), None),
     Break("encoder-link-in", link_in(ENCODER), None),
+    Break("calibration-good", with_calibration(), None),
+    Break("calibration-link-in", with_calibration(link_in(CALIBRATION)), None),
 ]
 FAILING = [b for b in CORPUS if b.error]
 

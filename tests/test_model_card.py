@@ -322,3 +322,13 @@ def test_an_attention_model_card_describes_the_grid_the_maps_and_the_penalty():
     pooled = render_card(RESNET, METRICS, RECORD, repo_id=REPO)
     assert "return_attention" not in pooled and "attention penalty" not in pooled
     assert "no attention" in pooled
+
+
+def test_card_lists_calibration_safetensors_only_when_the_model_has_it():
+    files = next(
+        line for line in render_card(RESNET, None, RECORD).splitlines() if "| files |" in line
+    )
+    assert "calibration.safetensors" not in files
+    text = render_card(RESNET, None, RECORD, calibration_images=128)
+    files = next(line for line in text.splitlines() if "| files |" in line)
+    assert "`calibration.safetensors` (128 training images: the `openvino-int8`" in files

@@ -50,15 +50,19 @@ def test_extras_together_are_what_requirements_dev_txt_adds():
     dev_file = ROOT / "requirements-dev.txt"
     assert "-r requirements.txt" in dev_file.read_text(encoding="utf-8")
     extras = PROJECT["optional-dependencies"]
-    assert set(extras) == {"training", "dev"}
-    assert "imcap[training]" in extras["dev"]  # dev = training + the test and lint tools
+    assert set(extras) == {"training", "fast", "dev"}
+    # dev = training + fast (the int8 encoder runtime, which the tests run) + test and lint tools
+    assert {"imcap[training]", "imcap[fast]"} <= set(extras["dev"])
     dev_only = [r for r in extras["dev"] if canonicalize_name(Requirement(r).name) != "imcap"]
-    assert _normalised(extras["training"] + dev_only) == _normalised(_requirements(dev_file))
-    assert not {canonicalize_name(Requirement(r).name) for r in extras["training"]} & {
-        "pytest",
-        "ruff",
-        "playwright",
-    }
+    assert _normalised(extras["training"] + extras["fast"] + dev_only) == _normalised(
+        _requirements(dev_file)
+    )
+    for extra in ("training", "fast"):
+        assert not {canonicalize_name(Requirement(r).name) for r in extras[extra]} & {
+            "pytest",
+            "ruff",
+            "playwright",
+        }
 
 
 def test_version_comes_from_imcap_hub():

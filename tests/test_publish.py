@@ -12,7 +12,13 @@ from test_record import synthetic_record
 from imcap_hub import ImageCaptioner, ImcapError
 from model_card import INSTALL_COMMAND, REPO_PLACEHOLDER, render_card
 from training.evaluate import best_decoding
-from training.publish import PublishError, PublishResult, _default_commit_message, publish
+from training.publish import (
+    PublishError,
+    PublishResult,
+    _default_commit_message,
+    calibration_set,
+    publish,
+)
 
 IMAGES = [random_image(seed, (40, 52)) for seed in range(3)]
 RECORD = synthetic_record()
@@ -283,3 +289,55 @@ def test_a_push_without_a_message_commits_the_cards_best_decoding(hub_server, mo
     title = HfApi(token=hub_server.token).list_repo_commits(repo_id)[0].title
     assert "beam-5" in title and "CIDEr 0.9000" in title
     assert "beam search (beam 5)" in (tmp_path / "model" / "README.md").read_text()
+
+
+# --- calibration.safetensors: the int8 encoder's calibration images ------------------------------
+
+
+def _colour_table(tmp_path: Path):
+    """Red training images, a blue test image, and a training 'image' that is not one."""
+    import pandas as pd
+    from PIL import Image
+
+    rows = []
+    for i in range(5):
+        path = tmp_path / f"train{i}.png"
+        Image.new("RGB", (20 + i, 30), (200, 10, 10)).save(path)
+        rows += [(str(path), "a red square", "train")] * 2  # two captions, one image
+    (tmp_path / "broken.jpg").write_text("not an image")
+    rows.append((str(tmp_path / "broken.jpg"), "a red square", "train"))
+    Image.new("RGB", (30, 30), (10, 10, 200)).save(tmp_path / "test.png")
+    rows.append((str(tmp_path / "test.png"), "a blue square", "test"))
+    return pd.DataFrame(rows, columns=["image", "caption", "split"])
+
+
+def test_calibration_set_draws_readable_training_images_at_the_encoder_size(tmp_path):
+    table = _colour_table(tmp_path)
+    three = calibration_set(table, 16, count=3, seed=0)
+    assert three is not None and len(three) == 3 and three.image_size == 16
+    for image in three.images():
+        assert image.shape == (16, 16, 3) and image[..., 0].mean() > 150  # red: training only
+    every = calibration_set(table, 16, count=100, seed=0)
+    assert every is not None and len(every) == 5  # each readable training image once
+    assert calibration_set(table, 16, count=3, seed=0) == three  # the seed decides
+    assert calibration_set(table, 16, count=0, seed=0) is None
+
+
+def test_calibration_set_without_a_readable_training_image_is_one_line(tmp_path):
+    table = _colour_table(tmp_path)
+    table = table[table["image"].str.endswith("broken.jpg") | (table["split"] == "test")]
+    with pytest.raises(PublishError, match="no training image can be read for calibration"):
+        calibration_set(table, 16, count=3, seed=0)
+
+
+def test_publish_writes_calibration_and_a_republish_without_removes_it(model, tmp_path):
+    from imcap_hub.calibration import CALIBRATION_FILE
+
+    model.encoder.calibration = calibration_set(_colour_table(tmp_path), 32, count=2, seed=0)
+    out = tmp_path / "model"
+    result = publish(model, out, metrics=None, record=RECORD)
+    assert CALIBRATION_FILE in result.files
+    loaded = ImageCaptioner.from_pretrained(out, runtime="keras")
+    assert loaded.encoder.calibration == model.encoder.calibration
+    model.encoder.calibration = None
+    assert CALIBRATION_FILE not in publish(model, out, metrics=None, record=RECORD).files

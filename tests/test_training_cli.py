@@ -15,6 +15,7 @@ import pytest
 from huggingface_hub import HfApi
 
 from imcap_hub import DecodeOptions, ImageCaptioner, load_image
+from imcap_hub.calibration import CalibrationSet
 from training.__main__ import EXAMPLES, main
 from training.evaluate import best_decoding
 from training.record import TrainRecord
@@ -101,6 +102,7 @@ def test_run_pushes_a_model_that_loads_from_the_hub_and_captions_like_the_local_
     files = sorted(p.name for p in local_dir.iterdir())
     assert files == [
         "README.md",
+        "calibration.safetensors",
         "config.json",
         "encoder.safetensors",
         "metrics.json",
@@ -109,6 +111,9 @@ def test_run_pushes_a_model_that_loads_from_the_hub_and_captions_like_the_local_
     ]
     for record in ("config.json", "stages.json", "train.json", "metrics.json"):
         assert (run / record).is_file(), record
+    # the int8 encoder's calibration images: every training image (there are fewer than 128)
+    calibration = CalibrationSet.load(local_dir / "calibration.safetensors", 32)
+    assert f"calibration.safetensors: {len(calibration)} training images" in out.out
     stages = json.loads((run / "stages.json").read_text())
     assert set(stages) == {"prepare", "train", "evaluate", "push"}
     metrics = json.loads((local_dir / "metrics.json").read_text())
@@ -122,6 +127,7 @@ def test_run_pushes_a_model_that_loads_from_the_hub_and_captions_like_the_local_
     assert record.train_encoder is train_encoder and record.epochs_run == len(record.history) == 2
     assert record.dataset.layout == layout and record.dataset.synthetic
     assert record.used["train"].captions == record.splits["train"].captions
+    assert len(calibration) == record.splits["train"].images
     assert set(record.stage_seconds) == {"prepare", "train"}
     assert f"| encoder trained | {'yes' if train_encoder else 'no'} |" in card
     assert "| time: evaluate |" in card  # push brings the stage times up to date

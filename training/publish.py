@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from huggingface_hub import HfApi
 from huggingface_hub.errors import (
     HfHubHTTPError,
@@ -22,12 +23,15 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import validate_repo_id
 
-from imcap_hub import DecodeOptions, ImcapError
+from imcap_hub import DecodeOptions, ImageError, ImcapError, load_image
+from imcap_hub.calibration import CALIBRATION_FILE, CalibrationSet
 from imcap_hub.model import ENCODER_FILE, METRICS_FILE
 from model_card import REPO_PLACEHOLDER, render_card
 from training.evaluate import best_decoding
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from imcap_hub import ImageCaptioner
     from training.record import TrainRecord
 
@@ -117,9 +121,33 @@ def _remove_stale(out_dir: Path, model: ImageCaptioner) -> list[str]:
         stale.append(METRICS_FILE)
     if model.config.encoder.weights != "repo":
         stale.append(ENCODER_FILE)
+    if model.encoder.calibration is None:
+        stale.append(CALIBRATION_FILE)
     for name in stale:
         (out_dir / name).unlink(missing_ok=True)
     return stale
+
+
+def calibration_set(
+    table: pd.DataFrame, image_size: int, count: int, seed: int
+) -> CalibrationSet | None:
+    """``count`` images of the training split (``table``: image, caption, split), drawn at random
+    with ``seed``, for ``calibration.safetensors``: what the int8 encoder calibrates on. An image
+    that cannot be read is passed over for the next one. None when ``count`` is 0."""
+    if count == 0:
+        return None
+    images = list(dict.fromkeys(table.loc[table["split"] == "train", "image"].tolist()))
+    picked = []
+    for i in np.random.default_rng(seed).permutation(len(images)):
+        try:
+            picked.append(load_image(images[i]))
+        except ImageError:
+            continue
+        if len(picked) == count:
+            break
+    if not picked:
+        raise PublishError(f"no training image can be read for {CALIBRATION_FILE}")
+    return CalibrationSet.from_images(picked, image_size)
 
 
 def publish(
@@ -146,8 +174,8 @@ def publish(
     snippet names that repo: a pushed card never keeps the placeholder) and ``model.metrics``, then
     ``model.save_pretrained(out_dir)``. With ``repo_id``: creates the repo (``private`` applies to
     a new repo only) and ``branch`` if missing, and pushes the same files in one commit; imcap
-    files that this model does not have (an old ``metrics.json``, ``encoder.safetensors``) are
-    deleted from the repo in that commit. Raises :class:`PublishError` with a one-line reason.
+    files that this model does not have (an old ``metrics.json``, ``encoder.safetensors``,
+    ``calibration.safetensors``) are deleted from the repo in that commit. Raises :class:`PublishError` with a one-line reason.
     """
     out_dir = Path(out_dir)
     if repo_id is not None:
@@ -168,6 +196,7 @@ def publish(
         space_url=space_url,
         model_name=model_name,
         notes=notes,
+        calibration_images=len(model.encoder.calibration or ()),
     )
     if repo_id is not None:
         _check_card(card, repo_id)

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from imcap_hub.calibration import DEFAULT_CALIBRATION_IMAGES, MAX_CALIBRATION_IMAGES
 from imcap_hub.config import (
     CaptionerConfig,
     ConfigError,
@@ -209,14 +210,25 @@ class PublishSection:
     """The model folder (``out_dir``, default ``<run>/model``) and, with ``repo_id``, the Hub
     repo it is pushed to; ``model_name`` titles the model card when there is no repo id
     (default: the run name); ``notes``: a paragraph for the card, under its summary (Markdown:
-    why this model, what it is for). The token is never stored here: pass ``--token`` or set
-    ``HF_TOKEN`` (or log in with ``hf auth login``)."""
+    why this model, what it is for). ``calibration_images``: how many training images go into
+    ``calibration.safetensors``, which the ``openvino-int8`` encoder runtime calibrates on (0:
+    no such file). The token is never stored here: pass ``--token`` or set ``HF_TOKEN`` (or log
+    in with ``hf auth login``)."""
 
     out_dir: str | None = None
     repo_id: str | None = None
     private: bool | None = None
     model_name: str | None = None
     notes: str | None = None
+    calibration_images: int = DEFAULT_CALIBRATION_IMAGES
+
+    def validate(self) -> None:
+        n = self.calibration_images
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_CALIBRATION_IMAGES:
+            raise RunConfigError(
+                f"publish.calibration_images must be an integer from 0 to "
+                f"{MAX_CALIBRATION_IMAGES}, got {n!r}"
+            )
 
 
 @dataclass
@@ -248,6 +260,7 @@ class RunConfig:
         self.features.validate()
         self.training.validate()
         self.evaluation.validate()
+        self.publish.validate()
         try:
             self.captioner_config(vocab_size=8).validate()
         except ConfigError as e:

@@ -376,7 +376,8 @@ def stage_push(
     ``publish.private``)."""
     from imcap_hub.model import ImageCaptioner
     from training.evaluate import read_metrics
-    from training.publish import publish
+    from training.prepare import load_prepared
+    from training.publish import calibration_set, publish
 
     start = time.perf_counter()
     paths = config.paths
@@ -391,6 +392,15 @@ def stage_push(
     # The card is written before the push it describes: a push time would be the last one's.
     stages = [s for s in STAGE_NAMES if s != "push"]
     record = TrainRecord.read(paths.train_info).with_stage_seconds(stage_seconds(config, stages))
+    table, _, _ = load_prepared(config)
+    model.encoder.calibration = calibration_set(
+        table, model.config.encoder.image_size, config.publish.calibration_images, config.seed
+    )
+    if model.encoder.calibration is not None:
+        log(
+            f"calibration.safetensors: {len(model.encoder.calibration)} training images for "
+            f"the int8 encoder ({model.encoder.calibration.nbytes() / 1e6:.2f} MB of JPEG)"
+        )
     result = publish(
         model,
         paths.model,
