@@ -127,6 +127,17 @@ def test_shards_compute_only_what_the_cache_lacks(images, encoder_file, tmp_path
     _same_cache(second, _extract(images, encoder_file, tmp_path / "one"))
 
 
+def test_a_sharded_report_names_only_the_failures_of_the_images_asked_for(
+    images, encoder_file, tmp_path
+):
+    _extract([images[-1], *images[:4]], encoder_file, tmp_path)  # the broken image failed here
+    good = images[:12]
+    _extract(good, encoder_file, tmp_path, Shard(0, 2))
+    done = _extract(good, encoder_file, tmp_path, Shard(1, 2))
+    assert isinstance(done, CachedArrays) and done.ok.all()
+    assert done.report.failed == {}
+
+
 def test_a_killed_shard_resumes_its_part(images, encoder_file, tmp_path):
     enc = Encoder(ENCODER, weights_file=encoder_file, runtime="keras")
     run, calls = enc.run, []

@@ -415,13 +415,15 @@ def _fill(
         return outcome
     cache = spec.open(spec.folder, images)
     parts = merge_report(spec.folder)  # this shard's or another's merge: the same report
+    requested = set(images)
     computed = sum(p["n_computed"] for p in parts)
     report = CacheReport(
         folder=str(spec.folder),
         n_images=len(images),
         n_cached=len(images) - sum(p["n_images"] for p in parts),
         n_computed=computed,
-        failed={k: v for k, v in cache.failures().items() if k in cache.row_of},
+        # the cache may hold other runs' images too: report only the failures of these
+        failed={k: v for k, v in cache.failures().items() if k in requested},
         seconds=max((p["seconds"] for p in parts), default=0.0),
         runtime=next((p["runtime"] for p in parts if p.get("runtime")), None),
         shards=parts,
