@@ -212,12 +212,9 @@ class Prediction:
         }
 
 
-def search_features(
-    model: ImageCaptioner, features: np.ndarray, options: DecodeOptions
-) -> list[Hypothesis]:
-    """The hypotheses for one image's encoder features (what :func:`predict` runs per image)."""
+def _search_arguments(model: ImageCaptioner, options: DecodeOptions) -> dict[str, Any]:
     vocab = model.vocab
-    common = {
+    arguments: dict[str, Any] = {
         "start_id": vocab.start_id,
         "end_id": vocab.end_id,
         "max_length": int(options.max_length or model.config.decoder.max_length),
@@ -225,7 +222,15 @@ def search_features(
         "length_penalty": options.length_penalty,
     }
     if options.return_attention:
-        common["attention"] = model.decoder.attention
+        arguments["attention"] = model.decoder.attention
+    return arguments
+
+
+def search_features(
+    model: ImageCaptioner, features: np.ndarray, options: DecodeOptions
+) -> list[Hypothesis]:
+    """The hypotheses for one image's encoder features (what :func:`predict` runs per image)."""
+    common = _search_arguments(model, options)
     state = model.decoder.init_state(features[None])
     if options.decoding == "greedy":
         return greedy(model.decoder.step, state, **common)
@@ -246,6 +251,22 @@ def search_features(
         seed=options.seed,
         **common,
     )
+
+
+def search_batch(
+    model: ImageCaptioner, features: np.ndarray, options: DecodeOptions
+) -> list[list[Hypothesis]]:
+    """The hypotheses of each image of an encoded batch (one row of ``features`` each).
+
+    Greedy decodes the whole batch at once: each step is one matrix product for all the images
+    that are still writing, instead of one per image (bench/bench_folder.py measures it). Beam
+    search and sampling go one image at a time
+    (sampling's random draws are per image, seeded by ``options.seed``).
+    """
+    if options.decoding != "greedy" or len(features) < 2:
+        return [search_features(model, row, options) for row in features]
+    state = model.decoder.init_state(features)
+    return [[h] for h in greedy(model.decoder.step, state, **_search_arguments(model, options))]
 
 
 _BLAS = ThreadpoolController()
@@ -315,17 +336,22 @@ def caption_features(
         for prediction, error, load_ms in zip(per_option, batch.errors, batch.load_ms):
             prediction.error = error
             prediction.timings_ms["load"] = load_ms
+    n = len(batch.good)
     for opts, per_option in zip(options, results):
-        for row, i in enumerate(batch.good):
-            start = time.perf_counter()
-            with single_threaded_blas():
-                hyps = search_features(model, features[row], opts)
+        if not n:
+            continue
+        start = time.perf_counter()
+        with single_threaded_blas():
+            hyps_per_image = search_batch(model, features, opts)
+        # Each image's share of the batch's decoding time (greedy decodes the batch at once).
+        decode_ms = (time.perf_counter() - start) * 1e3 / n
+        for i, hyps in zip(batch.good, hyps_per_image):
             per_option[i].captions = [_to_caption(model, h) for h in hyps]
             timings = per_option[i].timings_ms
-            timings["encode"] = encode_ms / len(batch.good)
-            timings["decode"] = (time.perf_counter() - start) * 1e3
+            timings["encode"] = encode_ms / n
+            timings["decode"] = decode_ms
             timings["total"] = timings["load"] + timings["encode"] + timings["decode"]
-            timings["batch_size"] = len(batch.good)
+            timings["batch_size"] = n
     return results
 
 

@@ -211,3 +211,34 @@ def test_predict_decodings_encodes_once_and_matches_predict_many(tiny_captioner,
     assert len(calls) == 1
     for got_one, want in zip(got, expected, strict=True):
         assert [p.captions for p in got_one] == [p.captions for p in want]
+
+
+@pytest.mark.parametrize("kind", ["pooled", "attention"])
+@pytest.mark.parametrize("n_images", [2, 9])  # 9: past matmul.GEMM_ROWS, numpy's gemm
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"max_length": 3}, {"return_attention": True}],
+    ids=["greedy", "short", "attention-maps"],
+)
+def test_greedy_over_a_batch_gives_each_image_s_own_greedy_caption(
+    tiny_captioner, attention_model_dir, kind, n_images, options
+):
+    from imcap_hub.inference import search_batch, search_features
+
+    model = (
+        tiny_captioner if kind == "pooled" else ImageCaptioner.from_pretrained(attention_model_dir)
+    )
+    if options.get("return_attention") and kind == "pooled":
+        pytest.skip("a pooled decoder has no attention maps")
+    opts = DecodeOptions(decoding="greedy", **options)
+    shape = model.encoder.encode(IMAGES[:1]).shape[1:]
+    features = np.random.default_rng(n_images).normal(size=(n_images, *shape)).astype(np.float32)
+    batched = search_batch(model, features, opts)
+    assert len(batched) == n_images
+    for row, (got,) in zip(features, batched, strict=True):
+        (want,) = search_features(model, row, opts)
+        assert got.token_ids == want.token_ids
+        assert got.logprob == pytest.approx(want.logprob, rel=1e-5, abs=1e-5)
+        if opts.return_attention:
+            np.testing.assert_allclose(got.attention, want.attention, atol=1e-5)
+    assert any(h.token_ids for (h,) in batched)  # captions with words, not all at <end> at once

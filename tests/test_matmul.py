@@ -17,7 +17,7 @@ SEARCH = {"start_id": 1, "end_id": 2, "max_length": 6, "banned": (0, 1, 3)}
 
 
 @pytest.mark.parametrize("backend", INSTALLED)
-@pytest.mark.parametrize("rows", [1, 2, 3, 5])
+@pytest.mark.parametrize("rows", [1, 2, 3, 5, 8, 17])
 def test_every_backend_multiplies_like_numpy(backend, rows):
     rng = np.random.default_rng(rows)
     weights = rng.normal(size=(40, 70)).astype(np.float32)
