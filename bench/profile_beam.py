@@ -16,8 +16,9 @@ words), both decoder kinds. Three parts:
    within float32 rounding (bit for bit up to 3 beams here; from 4 rows on, ONNX Runtime and
    one-thread OpenBLAS sum some products in another order), same attention maps.
 3. End to end (JPEG bytes -> text, ``predict``), before and after, all variants round-robin,
-   and the decoding part alone of the same calls. "numpy rows": beam-3 with the beams' rows
-   multiplied one gemv each, as where onnxruntime is not installed (the Space).
+   and the decoding part alone of the same calls. "openvino rows": beam-3 with the beams' rows
+   multiplied by OpenVINO, as where onnxruntime is not installed (the Space); "numpy rows":
+   one gemv each, as where neither is.
    Medians and the fastest run: the fastest is the closer to a quiet machine.
 """
 
@@ -457,15 +458,19 @@ def searches_of(module: ModuleType):
         inference.greedy, inference.beam_search = saved
 
 
-def numpy_rows(model):
-    """A copy of ``model`` whose decoder multiplies the beams' rows without ONNX Runtime (one
-    gemv per row): what an install without onnxruntime (the Space's requirements.txt) runs."""
+# Without onnxruntime (the Space's requirements.txt) the beams' rows go to OpenVINO; without
+# either, to numpy (one gemv per row).
+ROW_VARIANTS = ("openvino", "numpy")
+
+
+def rows_by(model, backend: str):
+    """A copy of ``model`` whose decoder multiplies the beams' rows with ``backend``."""
     fallback = copy.copy(model)
     fallback.decoder = copy.copy(model.decoder)
     for name in ("fused_matmul", "hidden_matmul", "out_matmul"):
         if hasattr(fallback.decoder, name):
             weights = getattr(fallback.decoder, name).weights
-            setattr(fallback.decoder, name, ConstantMatmul(weights, "numpy"))
+            setattr(fallback.decoder, name, ConstantMatmul(weights, backend))
     return fallback
 
 
@@ -482,7 +487,12 @@ def end_to_end(
         for name, opts in options.items():
             variants[(kind, name, "before")] = (old, opts, before["search"])
             variants[(kind, name, "after")] = (model, opts, None)
-        variants[(kind, "beam-3", "numpy rows")] = (numpy_rows(model), options["beam-3"], None)
+        for backend in ROW_VARIANTS:
+            variants[(kind, "beam-3", f"{backend} rows")] = (
+                rows_by(model, backend),
+                options["beam-3"],
+                None,
+            )
     decode: dict[tuple, list[float]] = {key: [] for key in variants}
 
     def caption(key):
@@ -501,20 +511,26 @@ def end_to_end(
 
 def print_end_to_end(times: dict, kinds, title: str) -> None:
     print(f"\n{title}\n")
+    rows = [f"{backend} rows" for backend in ROW_VARIANTS]
     print(
         "| decoder | greedy before | greedy after | beam-3 before | beam-3 after "
-        "| beam-3 after, numpy rows | beam-3 / greedy before | after | after, numpy rows |"
+        + "".join(f"| beam-3 after, {r} " for r in rows)
+        + "| beam-3 / greedy before | after "
+        + "".join(f"| after, {r} " for r in rows)
+        + "|"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|" + "---:|" * (6 + 2 * len(rows)))
     for stat, label in ((statistics.median, "median"), (min, "fastest")):
         for kind in kinds:
             g0, g1 = (stat(times[(kind, "greedy", side)]) for side in ("before", "after"))
-            b0, b1, bn = (
-                stat(times[(kind, "beam-3", s)]) for s in ("before", "after", "numpy rows")
-            )
+            b0, b1 = (stat(times[(kind, "beam-3", side)]) for side in ("before", "after"))
+            bs = [stat(times[(kind, "beam-3", r)]) for r in rows]
             print(
-                f"| {kind}, {label} | {g0:.1f} | {g1:.1f} | {b0:.1f} | {b1:.1f} | {bn:.1f} "
-                f"| {b0 / g0:.2f}x | {b1 / g1:.2f}x | {bn / g1:.2f}x |"
+                f"| {kind}, {label} | {g0:.1f} | {g1:.1f} | {b0:.1f} | {b1:.1f} "
+                + "".join(f"| {b:.1f} " for b in bs)
+                + f"| {b0 / g0:.2f}x | {b1 / g1:.2f}x "
+                + "".join(f"| {b / g1:.2f}x " for b in bs)
+                + "|"
             )
 
 

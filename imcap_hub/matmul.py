@@ -8,11 +8,15 @@ W once, when its session is made (a second copy of W in memory), and then multip
 for 1.5 to 2 times the price of one.
 
 So: one row always goes to numpy; several rows go to ONNX Runtime where it is installed (with
-``onnx`` to write its one-node graph), else to numpy: one row at a time (a gemv per row is still
+``onnx`` to write its one-node graph), else to OpenVINO (the encoder's runtime, installed on the
+Space: 3 rows in 0.33 ms on two threads), else to numpy: one row at a time (a gemv per row is still
 about twice as fast as numpy's gemm at 3 rows) below ``GEMM_ROWS`` rows, its gemm from there on
 (greedy decoding of a whole batch: at 8 rows and more, packing W once pays for itself). OpenVINO was tried too and was no faster than
-a gemv per row. ONNX Runtime runs on one thread, like the decoder's BLAS (see
-``inference.single_threaded_blas``). At 2 and 3 rows its products had the same bits as
+a gemv per row. ONNX Runtime runs on ``ROW_THREADS`` threads whose idle workers sleep rather
+than spin (numpy's BLAS stays on one thread, see ``inference.single_threaded_blas``: its idle
+workers spin and slowed the next encoder call): 3 rows of the 512 x 5048 product took 0.39 ms on
+one thread and 0.20 ms on two, less than numpy's one-row gemv (0.23 ms), so beam search's
+matrix products cost about what greedy's do. At 2 and 3 rows its products had the same bits as
 one-thread OpenBLAS's gemm here; from 4 rows on, the last bits of some differ.
 """
 
@@ -20,17 +24,20 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import threading
 from collections.abc import Callable
 
 import numpy as np
 
 # Backends for several rows, in the order "auto" tries them.
-ROW_BACKENDS = ("onnxruntime", "numpy")
-_NEEDS = {"onnxruntime": ("onnxruntime", "onnx"), "numpy": ()}
+ROW_BACKENDS = ("onnxruntime", "openvino", "numpy")
+_NEEDS = {"onnxruntime": ("onnxruntime", "onnx"), "openvino": ("openvino",), "numpy": ()}
 # From this many rows numpy's gemm beats a gemv per row (512 x 5048, one thread: 8 rows 1.0 ms
 # against 1.9, 16 rows 1.7 against 4.3; 4 rows about even; measured with the cores shared).
 GEMM_ROWS = 8
+# The runtimes' threads for several rows: two measured here (2 vCPUs), more not tried.
+ROW_THREADS = 2
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +95,9 @@ class ConstantMatmul:
                 try:
                     return _BUILDERS[backend](self.weights), backend
                 except Exception as e:  # a broken install must not break beam search
-                    logger.warning("%s unavailable for the decoder, using numpy: %s", backend, e)
+                    logger.warning(
+                        "%s unavailable for the decoder, trying the next: %s", backend, e
+                    )
         return _numpy_rows(self.weights), "numpy"
 
 
@@ -120,7 +129,10 @@ def _onnxruntime_rows(weights: np.ndarray) -> Callable[[np.ndarray], np.ndarray]
     # Opset 13 and IR 7: old enough for any ONNX Runtime this project supports.
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7)
     options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    options.intra_op_num_threads = min(ROW_THREADS, os.cpu_count() or 1)
+    options.inter_op_num_threads = 1
+    # Idle workers sleep: a spinning one would take a core from the encoder's next call.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
     session = ort.InferenceSession(
         model.SerializeToString(), options, providers=["CPUExecutionProvider"]
@@ -132,4 +144,32 @@ def _onnxruntime_rows(weights: np.ndarray) -> Callable[[np.ndarray], np.ndarray]
     return run
 
 
-_BUILDERS = {"onnxruntime": _onnxruntime_rows, "numpy": _numpy_rows}
+def _openvino_rows(weights: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    x = ops.parameter([-1, weights.shape[0]], np.float32, name="x")
+    model = ov.Model([ops.matmul(x, ops.constant(weights), False, False)], [x], "constant_matmul")
+    compiled = ov.Core().compile_model(
+        model,
+        "CPU",
+        {
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_NUM_THREADS": min(ROW_THREADS, os.cpu_count() or 1),
+            # f32: a CPU with bf16 or AMX would otherwise run it in bfloat16.
+            "INFERENCE_PRECISION_HINT": "f32",
+        },
+    )
+    local = threading.local()  # an infer request serves one call at a time: one per thread
+
+    def run(x: np.ndarray) -> np.ndarray:
+        request = getattr(local, "request", None)
+        if request is None:
+            request = local.request = compiled.create_infer_request()
+        request.infer({0: x}, share_inputs=True)
+        return request.get_output_tensor(0).data.copy()  # the request reuses its buffer
+
+    return run
+
+
+_BUILDERS = {"onnxruntime": _onnxruntime_rows, "openvino": _openvino_rows, "numpy": _numpy_rows}

@@ -31,7 +31,9 @@ def test_every_backend_multiplies_like_numpy(backend, rows):
 
 def test_numpy_is_always_there_and_unknown_backends_are_refused():
     assert "numpy" in INSTALLED
-    with pytest.raises(ValueError, match="backend must be 'auto' or one of onnxruntime, numpy"):
+    with pytest.raises(
+        ValueError, match="backend must be 'auto' or one of onnxruntime, openvino, numpy"
+    ):
         ConstantMatmul(np.eye(3, dtype=np.float32), "openblas")
 
 
@@ -42,18 +44,20 @@ def test_auto_takes_the_first_installed_backend(monkeypatch):
     assert ConstantMatmul(weights).backend == "numpy"
 
 
-def test_a_broken_runtime_falls_back_to_numpy_with_a_warning(monkeypatch, caplog):
+def test_broken_runtimes_fall_back_to_the_next_with_a_warning(monkeypatch, caplog):
     def broken(weights):
         raise OSError("libonnxruntime.so: cannot open shared object file")
 
     monkeypatch.setattr(matmul, "backend_available", lambda b: True)
-    monkeypatch.setitem(matmul._BUILDERS, "onnxruntime", broken)
+    for backend in ROW_BACKENDS[:-1]:
+        monkeypatch.setitem(matmul._BUILDERS, backend, broken)
     weights = np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)
     x = np.random.default_rng(1).normal(size=(3, 6)).astype(np.float32)
     product = ConstantMatmul(weights)
     np.testing.assert_allclose(product(x), x @ weights, rtol=1e-5, atol=1e-6)
     assert product.backend == "numpy"
-    assert "onnxruntime unavailable for the decoder, using numpy" in caplog.text
+    for backend in ROW_BACKENDS[:-1]:
+        assert f"{backend} unavailable for the decoder, trying the next" in caplog.text
 
 
 def test_the_runtime_is_built_on_the_first_call_with_several_rows_and_only_once(monkeypatch):
@@ -79,6 +83,29 @@ def test_the_runtime_is_built_on_the_first_call_with_several_rows_and_only_once(
     assert built == [1] and len(results) == 8
     for result in results:
         np.testing.assert_array_equal(result, results[0])
+
+
+@pytest.mark.parametrize("backend", INSTALLED)
+def test_every_backend_gives_each_thread_its_own_product(backend):
+    weights = np.random.default_rng(0).normal(size=(64, 96)).astype(np.float32)
+    product = ConstantMatmul(weights, backend)
+    inputs = [np.random.default_rng(s).normal(size=(3, 64)).astype(np.float32) for s in range(6)]
+    results: dict[int, list[tuple[int, np.ndarray]]] = {i: [] for i in range(len(inputs))}
+
+    def work(i):
+        for k in range(50):  # another input each call: a result must not change after it
+            j = (i + k) % len(inputs)
+            results[i].append((j, product(inputs[j])))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(inputs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for i in range(len(inputs)):
+        assert len(results[i]) == 50
+        for j, got in results[i]:
+            np.testing.assert_allclose(got, inputs[j] @ weights, rtol=1e-5, atol=1e-4)
 
 
 def _weights(config, seed):
