@@ -5,9 +5,11 @@ machine, their tables printed under one header with the date and the machine.
 
 1. ``bench_inference.py``: encoder runtimes, greedy and beam-3 end to end at 34 words (their
    ratio), the attention decoder against the pooled one;
-2. ``bench_round_trip.py``: one caller's ``/caption`` round trip, split;
-3. ``bench_folder.py``: folder throughput, exact (``auto``) and ``fast``;
-4. ``bench_fast_mode.py``: the fast mode's encoder time, caption agreement and BLEU-4 against
+2. ``profile_beam.py``: where greedy's and beam-3's decoding time goes, and beam-3 against
+   greedy end to end with each backend for the beams' rows (against an older revision too);
+3. ``bench_round_trip.py``: one caller's ``/caption`` round trip, split;
+4. ``bench_folder.py``: folder throughput, exact (``auto``) and ``fast``;
+5. ``bench_fast_mode.py``: the fast mode's encoder time, caption agreement and BLEU-4 against
    fp32 on a trained model (trained on the first run, about 10 to 25 minutes here, and kept in
    ``--fast-mode-work-dir``).
 
@@ -35,6 +37,12 @@ BENCHES = [
         "bench_inference.py",
         [],
         ["--repeats", "5"],
+    ),
+    (
+        "Beam-3 against greedy by the beams' row backend (ONNX Runtime; OpenVINO, as on the Space)",
+        "profile_beam.py",
+        [],
+        ["--repeats", "3", "--check-images", "1"],
     ),
     ("The app's round trip, one caller", "bench_round_trip.py", [], ["--requests", "5"]),
     (
