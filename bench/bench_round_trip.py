@@ -75,7 +75,7 @@ class RawCaller:
         self.http.post(f"{self.url}/{API}/queue/join", json=body).raise_for_status()
         phases["join"] = time.perf_counter() - t
         t = time.perf_counter()
-        caption = None
+        caption, last = None, None
         with self.http.stream(
             "GET", f"{self.url}/{API}/queue/data", params={"session_hash": session}
         ) as stream:
@@ -84,11 +84,12 @@ class RawCaller:
                     continue
                 message = json.loads(line[5:])
                 if message.get("msg") == "process_completed":
-                    caption = message["output"]["data"][0]
+                    caption = (message.get("output") or {}).get("data", [None])[0]
+                    last = message
                     break
         phases["events"] = time.perf_counter() - t
         if not caption:
-            raise SystemExit(f"no caption in the answer of {image}")
+            raise SystemExit(f"no caption in the answer of {image}: {last}")
         return caption, {k: 1e3 * v for k, v in phases.items()}
 
     def close(self) -> None:
