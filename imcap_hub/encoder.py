@@ -13,6 +13,7 @@ first of them that works here and says which; ``auto`` and feature caches stay e
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -24,7 +25,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -569,21 +570,12 @@ class Encoder:
         label = _RUNTIME_LABELS[base]
         if not cached:
             keras_model = self.keras_model  # built (and announced) before the conversion
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=self.cache_dir))
-            try:
+            with self._new_cache_entry(folder, ".convert-") as tmp:
                 where = f"once; cached in {folder}"
                 with step(logger, f"converting the encoder to {label}", where):
                     model_file = _convert(base, keras_model, tmp)
                 meta = {"file": model_file.name, "config": self.config.cache_key(), "runtime": base}
                 atomic_write_json(tmp / "meta.json", meta, indent=1)
-                try:
-                    tmp.rename(folder)  # atomic: a half-written cache entry is never seen
-                except OSError:  # another process finished first; use theirs
-                    shutil.rmtree(tmp, ignore_errors=True)
-            except Exception:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
         meta = json.loads(meta_path.read_text())
         path = folder / meta["file"]
         bf16 = runtime.endswith(BF16_SUFFIX)
@@ -652,9 +644,7 @@ class Encoder:
         fp32_folder = self._cache_folder("openvino")
         fp32_xml = fp32_folder / json.loads((fp32_folder / "meta.json").read_text())["file"]
         batches = [preprocess([image], self.config) for image in self.calibration.images()]
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".quantize-", dir=self.cache_dir))
-        try:
+        with self._new_cache_entry(folder, ".quantize-") as tmp:
             where = (
                 f"once, on {len(batches)} training images, overflow fix "
                 f"{self.quantization.overflow_fix}; cached in {folder}"
@@ -676,13 +666,22 @@ class Encoder:
                 **feature_agreement(fp32_run(probe), features),
             }
             atomic_write_json(tmp / "meta.json", meta, indent=1)
-            try:
-                tmp.rename(folder)  # atomic: a half-written cache entry is never seen
-            except OSError:  # another process finished first; use theirs
-                shutil.rmtree(tmp, ignore_errors=True)
-        except Exception:
+
+    @contextlib.contextmanager
+    def _new_cache_entry(self, folder: Path, prefix: str) -> Iterator[Path]:
+        """A temporary folder to write the cache entry ``folder`` into: renamed to ``folder``
+        when the block ends (atomic: a half-written entry is never seen), removed if it fails."""
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=self.cache_dir))
+        try:
+            yield tmp
+        except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        try:
+            tmp.rename(folder)
+        except OSError:  # another process finished first; use theirs
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def prepare(self) -> RuntimeInfo:
         """Choose and load the runtime now (otherwise done on the first ``encode``)."""

@@ -280,3 +280,34 @@ def test_the_overflow_fix_covers_every_layer_where_the_cpu_has_no_vnni(monkeypat
     assert Encoder(config, runtime="openvino-int8").quantization.overflow_fix == fix
     with pytest.raises(ValueError, match="overflow_fix must be one of"):
         quantize_module.QuantizationSettings(overflow_fix="sometimes")
+
+
+@pytest.mark.parametrize("runtime", ["openvino", "openvino-int8"])
+def test_a_conversion_that_fails_leaves_no_cache_entry_behind(
+    encoder_parts, tmp_path, monkeypatch, runtime
+):
+    config, model, calibration = encoder_parts
+
+    def half_written(path):
+        path.write_text("half")
+        raise RuntimeError("disk full")
+
+    if runtime == "openvino":  # _convert(runtime, keras_model, folder)
+        monkeypatch.setattr(encoder_module, "_convert", lambda r, m, d: half_written(d / "e.xml"))
+    else:  # quantize_openvino(fp32_xml, batches, out_xml, settings)
+        monkeypatch.setattr(
+            quantize_module, "quantize_openvino", lambda f, b, o, s: half_written(o)
+        )
+
+    def encoder():
+        return Encoder(
+            config, keras_model=model, runtime=runtime, cache_dir=tmp_path, calibration=calibration
+        )
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        encoder().prepare()
+    left = sorted(p.name.split("-")[0] for p in tmp_path.iterdir())
+    # Nothing half-written; int8 keeps the fp32 encoder it was quantising, whole.
+    assert left == ([] if runtime == "openvino" else ["openvino"])
+    monkeypatch.undo()
+    assert encoder().prepare().name == runtime
