@@ -23,9 +23,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 os.environ.setdefault("IMCAP_CACHE", os.path.join(tempfile.gettempdir(), "imcap-bench-cache"))
 
 import numpy as np  # noqa: E402
+from bench_inference import interleaved_medians  # noqa: E402
 from PIL import Image  # noqa: E402
 
 TARGETS = {"auto": 28.0, "fast": 50.0}  # img/s, issue 12
@@ -112,16 +114,9 @@ def decode_ms_per_image(model, paths: list[str], repeats: int) -> dict[str, floa
         "one image at a time": lambda: [search_features(model, f, greedy) for f in features],
         "the batch at once": lambda: search_batch(model, features, greedy),
     }
-    times: dict[str, list[float]] = {name: [] for name in ways}
     with single_threaded_blas():
-        for way in ways.values():  # warm-up
-            way()
-        for _ in range(repeats):
-            for name, way in ways.items():
-                start = time.perf_counter()
-                way()
-                times[name].append((time.perf_counter() - start) * 1e3 / len(features))
-    return {name: statistics.median(t) for name, t in times.items()}
+        medians = interleaved_medians(ways, repeats, warmup=1)
+    return {name: ms / len(features) for name, ms in medians.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
