@@ -7,6 +7,7 @@ The CLI's own lines are checked in test_cli.py."""
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import socket
@@ -194,6 +195,27 @@ def test_the_first_start_of_the_app_says_what_it_does_before_every_slow_step(
     announced = [line for _, line in lines if line.endswith("...")]
     for step in ("importing TensorFlow", "warming up"):
         assert any(step in line for line in announced), shown
+
+
+def test_a_training_run_prints_no_tensorflow_noise(tmp_path):
+    """``python -m training run`` on a tiny synthetic dataset: its stderr holds none of
+    TensorFlow's or absl's start-up lines (the filter that the app and the CLI use)."""
+    from training.__main__ import EXAMPLES
+
+    config = json.loads(json.dumps(EXAMPLES["synthetic"]))
+    config["work_dir"] = str(tmp_path / "runs")
+    config["dataset"]["synthetic"].update(n_images=60, image_size=32)
+    config["training"]["epochs"] = 1
+    config["evaluation"] = {"enabled": False}
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(config))
+    env = {**os.environ, "IMCAP_CACHE": str(tmp_path / "imcap-cache")}
+    command = [sys.executable, "-m", "training", "run", str(path), "--no-progress"]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "done in" in result.stdout, result.stdout
+    noise = [line for line in result.stderr.splitlines() if any(w in line for w in NOISE_WORDS)]
+    assert not noise, result.stderr
 
 
 # --- training's progress bar ---------------------------------------------------------------------

@@ -17,6 +17,7 @@ import logging
 import sys
 from typing import Any
 
+from imcap_hub import startup
 from imcap_hub.errors import ImcapError
 from training.datasets import SPLITS
 from training.run_config import RunConfig, RunConfigError
@@ -292,6 +293,13 @@ def _load_config(args) -> RunConfig:
     return config
 
 
+def _quiet_tensorflow() -> None:
+    """Import TensorFlow now, its start-up noise filtered (imcap_hub.startup): training's modules
+    import it lazily and directly, so the first import must be this one."""
+    startup.quiet_tensorflow()
+    startup.import_tensorflow()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
@@ -302,9 +310,11 @@ def main(argv: list[str] | None = None) -> int:
         args.progress = sys.stderr.isatty()
     try:
         if args.command == "evaluate" and args.config is None:
+            _quiet_tensorflow()
             _evaluate_folder(args)
             return 0
         config = _load_config(args)
+        _quiet_tensorflow()  # after the config: a wrong one is refused without waiting for it
         config.paths.root.mkdir(parents=True, exist_ok=True)
         config.save(config.paths.config_file)
         _run_stage(config, args)
