@@ -260,8 +260,7 @@ def search_batch(
 
     Greedy decodes the whole batch at once: each step is one matrix product for all the images
     that are still writing, instead of one per image (bench/bench_folder.py measures it). Beam
-    search and sampling go one image at a time
-    (sampling's random draws are per image, seeded by ``options.seed``).
+    search and sampling go one image at a time (sampling's draws are seeded per image).
     """
     if options.decoding != "greedy" or len(features) < 2:
         return [search_features(model, row, options) for row in features]

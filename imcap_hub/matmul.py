@@ -4,20 +4,22 @@ numpy's BLAS (OpenBLAS) multiplies one row by W with a gemv that streams W once.
 more go to its gemm, which first copies (packs) the whole of W into its own layout, on every
 call: for the decoder's 512 x 5048 matrix, 3 rows cost about 5 times one row
 (bench/profile_beam.py), and that was most of beam search's time. ONNX Runtime packs a constant
-W once, when its session is made (a second copy of W in memory), and then multiplies 3 rows
-for 1.5 to 2 times the price of one.
+W once, when its session is made (a second copy of W in memory), and then, on one thread,
+multiplies 3 rows for 1.5 to 2 times the price of one.
 
 So: one row always goes to numpy; several rows go to ONNX Runtime where it is installed (with
 ``onnx`` to write its one-node graph), else to OpenVINO (the encoder's runtime, installed on the
-Space: 3 rows in 0.33 ms on two threads), else to numpy: one row at a time (a gemv per row is still
-about twice as fast as numpy's gemm at 3 rows) below ``GEMM_ROWS`` rows, its gemm from there on
-(greedy decoding of a whole batch: at 8 rows and more, packing W once pays for itself). OpenVINO was tried too and was no faster than
-a gemv per row. ONNX Runtime runs on ``ROW_THREADS`` threads whose idle workers sleep rather
-than spin (numpy's BLAS stays on one thread, see ``inference.single_threaded_blas``: its idle
-workers spin and slowed the next encoder call): 3 rows of the 512 x 5048 product took 0.39 ms on
-one thread and 0.20 ms on two, less than numpy's one-row gemv (0.23 ms), so beam search's
-matrix products cost about what greedy's do. At 2 and 3 rows its products had the same bits as
-one-thread OpenBLAS's gemm here; from 4 rows on, the last bits of some differ.
+Space), else to numpy: a gemv per row (still about twice as fast as numpy's gemm at 3 rows)
+below ``GEMM_ROWS`` rows, its gemm from there on (greedy decoding of a whole batch: at 8 rows
+and more, packing W once pays for itself).
+
+ONNX Runtime runs on ``ROW_THREADS`` threads whose idle workers sleep rather than spin (numpy's
+BLAS stays on one thread, see ``inference.single_threaded_blas``: its idle workers spin and
+slowed the next encoder call); OpenVINO on as many, in the pool its encoder uses. 3 rows of the 512 x 5048 product took 0.39 ms on one
+ONNX Runtime thread and 0.20 ms on two, less than numpy's one-row gemv (0.23 ms), so beam
+search's matrix products cost about what greedy's do; OpenVINO took 0.22 to 0.33 ms. At 2 and
+3 rows ONNX Runtime's products have the same bits as one-thread OpenBLAS's gemm here; from 4
+rows on, and OpenVINO's at any count, the last bits of some differ (relative 1e-6).
 """
 
 from __future__ import annotations
