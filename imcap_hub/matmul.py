@@ -15,10 +15,10 @@ and more, packing W once pays for itself).
 
 ONNX Runtime runs on ``ROW_THREADS`` threads whose idle workers sleep rather than spin (numpy's
 BLAS stays on one thread, see ``inference.single_threaded_blas``: its idle workers spin and
-slowed the next encoder call); OpenVINO on as many. 3 rows of the 512 x 5048 product took 0.39 ms on one
-ONNX Runtime thread and 0.20 ms on two, less than numpy's one-row gemv (0.23 ms), so beam
-search's matrix products cost about what greedy's do; OpenVINO took 0.22 to 0.33 ms. At 2 and
-3 rows ONNX Runtime's products have the same bits as one-thread OpenBLAS's gemm here; from 4
+slowed the next encoder call); OpenVINO on as many. 3 rows of the 512 x 5048 product took 0.39
+ms on one ONNX Runtime thread and 0.20 ms on two, less than numpy's one-row gemv (0.23 ms), so
+beam search's matrix products cost about what greedy's do; OpenVINO took 0.22 to 0.33 ms. At 2
+and 3 rows ONNX Runtime's products have the same bits as one-thread OpenBLAS's gemm here; from 4
 rows on, and OpenVINO's at any count, the last bits of some differ (relative 1e-6).
 """
 
