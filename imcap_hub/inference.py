@@ -298,15 +298,18 @@ class DecodedImages:
 
 
 def read_images(
-    images: Sequence[ImageInput], limits: ImageLimits = DEFAULT_LIMITS
+    images: Sequence[ImageInput],
+    limits: ImageLimits = DEFAULT_LIMITS,
+    target_size: int | None = None,
 ) -> DecodedImages:
-    """Decode ``images``; a bad one gets its error, not raised."""
+    """Decode ``images``; a bad one gets its error, not raised. ``target_size``: the encoder's
+    input size (see :func:`imcap_hub.images.load_image`)."""
     batch = DecodedImages([], [], [], [])
     for i, image in enumerate(images):
         start = time.perf_counter()
         error = None
         try:
-            batch.pixels.append(load_image(image, limits))
+            batch.pixels.append(load_image(image, limits, target_size))
             batch.good.append(i)
         except ImcapError as e:
             error = str(e)
@@ -367,7 +370,7 @@ def predict_decodings(
     """
     for opts in options:
         opts.validate(model.config)
-    batch = read_images(images, limits)
+    batch = read_images(images, limits, model.config.encoder.image_size)
     features, encode_ms = encode_images(model, batch)
     return caption_features(model, batch, features, encode_ms, options)
 

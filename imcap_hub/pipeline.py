@@ -36,21 +36,22 @@ def caption_batches(
     """The predictions of each batch, in order: one encoder call per batch. ``overlap``
     False runs the stages one after another (the same results)."""
     options.validate(model.config)
+    size = model.config.encoder.image_size
     if not overlap:
         for images in batches:
-            batch = read_images(images, limits)
+            batch = read_images(images, limits, size)
             yield caption_features(model, batch, *encode_images(model, batch), [options])[0]
         return
     with (
         ThreadPoolExecutor(1, "imcap-read") as reader,
         ThreadPoolExecutor(1, "imcap-decode") as writer,
     ):
-        reading = reader.submit(read_images, batches[0], limits) if batches else None
+        reading = reader.submit(read_images, batches[0], limits, size) if batches else None
         captioning: Future | None = None
         for i in range(len(batches)):
             batch = reading.result()
             if i + 1 < len(batches):
-                reading = reader.submit(read_images, batches[i + 1], limits)
+                reading = reader.submit(read_images, batches[i + 1], limits, size)
             features, encode_ms = encode_images(model, batch)
             if captioning is not None:
                 yield captioning.result()[0]

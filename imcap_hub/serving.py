@@ -503,9 +503,8 @@ class CaptionService:
         except NoImageError as e:
             return str(e)
         try:
-            pixels = resize(
-                load_image(path, self.limits), self.loaded.model.config.encoder.image_size
-            )
+            size = self.loaded.model.config.encoder.image_size
+            pixels = resize(load_image(path, self.limits, size), size)
         except ImcapError as e:
             return user_message(str(e), path, name)
         except Exception:  # a bug, not the upload's fault: logged, and still a message

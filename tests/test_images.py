@@ -6,7 +6,7 @@ from helpers import random_image
 from PIL import Image
 
 from imcap_hub import ImageError, load_image
-from imcap_hub.images import ImageLimits
+from imcap_hub.images import ImageLimits, resize
 
 
 def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -65,6 +65,44 @@ def test_exif_orientation_is_applied():
     arr = load_image(_encode(img, "JPEG", exif=exif, quality=95))
     assert arr.shape == (40, 20, 3)
     assert arr[0, 10, 0] > 200 and arr[-1, 10, 0] < 60  # the stripe is now on top
+
+
+def _photo(width: int, height: int) -> Image.Image:
+    """Smooth gradients and mild noise, like a photo (unlike pure noise)."""
+    rng = np.random.default_rng(width + height)
+    y, x = np.mgrid[0:height, 0:width]
+    img = np.stack([x * 0.11 % 256, y * 0.13 % 256, (x + y) * 0.05 % 256], -1)
+    return Image.fromarray((img + rng.normal(0, 6, img.shape)).clip(0, 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize(
+    ("size", "fmt", "decoded"),
+    [
+        ((4032, 3024), "JPEG", (1008, 756)),  # a phone photo: 1/4 scale, both sides >= 448
+        ((2000, 1500), "JPEG", (1000, 750)),
+        ((500, 375), "JPEG", (500, 375)),  # Flickr8k's size: every pixel, as before
+        ((447, 2000), "JPEG", (447, 2000)),  # one side under 2 x 224 already
+        ((2000, 1500), "PNG", (2000, 1500)),  # only JPEG decodes at a reduced scale
+    ],
+)
+def test_a_large_jpeg_is_decoded_at_a_reduced_scale_for_its_target_size(size, fmt, decoded):
+    data = _encode(_photo(*size), fmt, **({"quality": 92} if fmt == "JPEG" else {}))
+    full = load_image(data)
+    reduced = load_image(data, target_size=224)
+    assert reduced.shape == (decoded[1], decoded[0], 3)
+    if decoded == size:
+        np.testing.assert_array_equal(reduced, full)
+    else:  # what the encoder sees: within a few levels of the full decode's
+        diff = np.abs(resize(full, 224).astype(int) - resize(reduced, 224))
+        assert diff.max() <= 4 and diff.mean() < 0.5, (diff.max(), diff.mean())
+
+
+def test_a_reduced_scale_decode_keeps_the_exif_orientation():
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    data = _encode(_photo(2000, 1000), "JPEG", exif=exif, quality=90)
+    assert load_image(data).shape == (2000, 1000, 3)
+    assert load_image(data, target_size=224).shape == (1000, 500, 3)  # 1/2 scale, turned
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from unittest.mock import ANY
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import imcap_hub
 from imcap_hub import ImcapError, images, inference, serving
@@ -427,10 +428,10 @@ def test_caption_reads_each_image_the_validator_checked_once(service, image_file
     expected = [imcap_hub.predict(service.loaded.model, p).text for p in good[:2]]
     reads = []
 
-    def reading(image, limits=images.DEFAULT_LIMITS):
+    def reading(image, limits=images.DEFAULT_LIMITS, target_size=None):
         if not isinstance(image, np.ndarray):  # a file read and decoded
             reads.append(image)
-        return images.load_image(image, limits)
+        return images.load_image(image, limits, target_size)
 
     for module in (serving, inference):  # the validator's reader and the model's
         monkeypatch.setattr(module, "load_image", reading)
@@ -443,6 +444,32 @@ def test_caption_reads_each_image_the_validator_checked_once(service, image_file
     assert all(service.image_problem(upload(p)) is None for p in good[:2])
     assert service.caption([upload(good[0]), upload(good[1])]) == expected
     assert reads[-1] == str(good[0]) and service.decoded_once == before + 3
+
+
+def test_a_phone_sized_jpeg_gets_one_caption_whichever_way_it_comes(service, tmp_path):
+    """A large JPEG is decoded at a reduced scale for the encoder (images.DRAFT_MARGIN): the
+    validator's pixels (which /caption reuses), predict's and the folder pipeline's are the same,
+    so the caption is too."""
+    from imcap_hub.pipeline import caption_batches
+
+    rng = np.random.default_rng(5)
+    y, x = np.mgrid[0:1500, 0:2000]
+    photo = np.stack([x * 0.1 % 256, y * 0.15 % 256, (x + y) * 0.05 % 256], -1)
+    photo = (photo + rng.normal(0, 6, photo.shape)).clip(0, 255).astype(np.uint8)
+    path = tmp_path / "phone.jpg"
+    Image.fromarray(photo).save(path, quality=90)
+    model = service.loaded.model
+    size = model.config.encoder.image_size
+    expected = imcap_hub.predict(model, str(path)).text
+    before = service.decoded_once
+    assert service.image_problem(upload(path)) is None
+    np.testing.assert_array_equal(
+        service._checked[str(path)], images.resize(images.load_image(path, target_size=size), size)
+    )
+    assert service.caption([upload(path)]) == [expected]
+    assert service.decoded_once == before + 1  # the validator's pixels were the model's
+    (folder,) = caption_batches(model, [[str(path)]], imcap_hub.DecodeOptions())
+    assert folder[0].text == expected
 
 
 @pytest.mark.parametrize(
