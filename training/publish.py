@@ -175,7 +175,8 @@ def publish(
     ``model.save_pretrained(out_dir)``. With ``repo_id``: creates the repo (``private`` applies to
     a new repo only) and ``branch`` if missing, and pushes the same files in one commit; imcap
     files that this model does not have (an old ``metrics.json``, ``encoder.safetensors``,
-    ``calibration.safetensors``) are deleted from the repo in that commit. Raises :class:`PublishError` with a one-line reason.
+    ``calibration.safetensors``) are deleted from the repo in that commit. Raises
+    :class:`PublishError` with a one-line reason.
     """
     out_dir = Path(out_dir)
     if repo_id is not None:
